@@ -1,0 +1,1 @@
+"""Reference harness for visual-token pruning in Video LLMs."""

@@ -1,0 +1,114 @@
+"""Typed schemas under the YAML configs (Hydra ConfigStore).
+
+YAML stays the user surface (``configs/``); these dataclasses type-check it, so a typo or a wrong type fails at
+compose time. Method schemas are the method dataclasses themselves (``tango.methods.METHODS``), stored under
+``schema/method/<name>`` and pulled in by each ``configs/method/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from tango.methods import METHODS
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING                   # config key, used in run keys and result rows
+    family: str = MISSING                 # adapter family: llava_ov | llava_video | qwen2_5_vl
+    pretrained: str = MISSING             # hub id or local path, loaded with from_pretrained
+    tiny: bool = False                    # build a random tiny checkpoint offline at `pretrained` if it is missing
+    num_frames: int = 32                  # frames sampled uniformly (linspace(0, n-1, num_frames))
+    fps: Optional[float] = None           # sample at this rate instead (Qwen2.5-VL: 2), capped at num_frames
+    dtype: str = "bfloat16"               # bfloat16 | float16 | float32
+    attn_implementation: str = "sdpa"     # sdpa | flash_attention_2 | eager
+    video_backend: str = "decord"         # decord | pyav
+    max_new_tokens: int = 16
+    prompt_variant: str = "default"       # lmms_eval_specific_kwargs key, recorded in every row
+    seed: int = 0                         # weight seed for tiny checkpoints
+
+
+@dataclass
+class SyntheticConfig:
+    num_videos: int = 16
+    num_frames: int = 32
+    size: int = 112                       # frame height = width, pixels
+    fps: int = 8
+    seed: int = 1234
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING                   # config key
+    lmms_task: str = MISSING              # lmms-eval task (or group) name
+    include_path: Optional[str] = None    # folder with local task YAMLs, passed to TaskManager(include_path=...)
+    metric: str = "acc"                   # metric key in lmms-eval's results (filter `none`)
+    metric_scale: float = 1.0             # multiplier that puts the metric on 0-100 (100 for 0-1 fractions)
+    synthetic: Optional[SyntheticConfig] = None
+
+
+@dataclass
+class CsvLoggerConfig:
+    path: str = MISSING                   # the results table; one row per run
+
+
+@dataclass
+class WandbLoggerConfig:
+    mode: str = "offline"                 # offline | online | disabled
+    project: str = "tango-harness"
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    csv: Optional[CsvLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    results_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    method: Any = MISSING                 # one of the method dataclasses, see tango.methods.METHODS
+    task: TaskConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    budget: float = 0.1                   # fraction of visual tokens the LLM sees, in (0, 1]
+    seed: int = 0
+    limit: Optional[int] = None           # evaluate only the first `limit` documents
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    force: bool = False                   # re-run even if the run's record.json exists
+    run_key: str = "${run_key:}"          # <model>__<method>__b<budget>__<task>__s<seed>[__limit<n>]
+
+
+def run_key(cfg: Any) -> str:
+    """Deterministic name of a run's directory. ``none`` always runs at budget 1 (all tokens)."""
+    budget = 1.0 if cfg.method.name == "none" else float(cfg.budget)
+    key = f"{cfg.model.name}__{cfg.method.name}__b{budget:g}__{cfg.task.name}__s{cfg.seed}"
+    return key + (f"__limit{cfg.limit}" if cfg.limit is not None else "")
+
+
+def register() -> None:
+    """Store the schemas and resolvers; idempotent (called on import)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, node in [("model", ModelConfig), ("task", TaskConfig)]:
+        cs.store(group=f"schema/{group}", name="base", node=node)
+    for name, cls in METHODS.items():
+        cs.store(group="schema/method", name=name, node=cls)
+    if not OmegaConf.has_resolver("run_key"):
+        OmegaConf.register_new_resolver("run_key", lambda *, _root_: run_key(_root_))
+
+
+register()

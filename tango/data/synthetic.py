@@ -1,0 +1,502 @@
+"""Offline synthetic video benchmark: coloured shapes moving over a plain or gradient background.
+
+``ensure_synthetic_task(out_dir)`` builds (once, deterministically from the seed) a small multiple-choice video QA
+task that lmms-eval 0.7.3 can load offline with ``TaskManager(include_path=out_dir)``::
+
+    out_dir/
+      videos/v00000.mp4 ...   libx264 / yuv420p, size x size, fps, num_frames frames (PyAV)
+      test.jsonl              one question per video (doc fields: see ``_build``)
+      <task_name>.yaml        filled from task_template/task.yaml.tmpl (dataset_path: json, absolute data_files)
+      utils.py                copied from task_template/utils.py (doc_to_visual / doc_to_text / process_results)
+      manifest.json           the generation parameters; same parameters -> nothing is rebuilt
+
+Question types are small functions in a registry (``QUESTION_TYPES``, ``@register_question_type``). Each one draws a
+scene (background + objects, every object a shape moving linearly during its visible frames ``[t_start, t_end]``)
+and a question whose correct option sits at a given letter, so answers are balanced over A-D by construction. New
+types (objects visible in a few frames only, temporal order, counting over time, background questions) are new
+functions over the same scene schema.
+
+Concurrency: generation takes a file lock next to ``out_dir`` and builds into a temporary sibling folder renamed into
+place, with ``manifest.json`` written last, so concurrent callers (SLURM array tasks) never see a half-written task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tango.data.task_template.utils import LETTERS, parse_answer_letter
+
+__all__ = [
+    "COLORS",
+    "DIRECTIONS",
+    "QUESTION_TYPES",
+    "SHAPES",
+    "Question",
+    "SceneSpec",
+    "ensure_synthetic_task",
+    "load_docs",
+    "object_center",
+    "parse_answer_letter",
+    "register_question_type",
+    "render_video",
+]
+
+GENERATOR = "tango.data.synthetic"
+# Bump when the rendering / question logic changes in a way that changes the output for the same parameters.
+GENERATOR_VERSION = 1
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "task_template"
+TEMPLATE_FILES = ("task.yaml.tmpl", "utils.py")
+
+# A small palette of clearly distinct, saturated colours (max - min channel >= 150). Backgrounds are low-saturation
+# greys (max - min <= 20), so "saturated pixel" == "shape pixel", also after yuv420p compression.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 50),
+    "blue": (30, 70, 230),
+    "yellow": (240, 220, 20),
+    "purple": (150, 40, 210),
+    "orange": (250, 130, 0),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+DIRECTIONS = ("left", "right", "up", "down")  # image coordinates: "up" = decreasing y
+
+# Valid ranges of the public arguments: (low, high), inclusive.
+RANGES = {
+    "num_videos": (1, 100_000),
+    "num_frames": (2, 4096),
+    "size": (48, 1024),  # >= 48 px keeps the smallest shape (count scenes, r = 0.1 * size) >= 10 px across
+    "fps": (1, 120),
+    "seed": (0, 2**63 - 1),
+}
+_TASK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scene schema and rendering
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """What a question generator may depend on besides its RNG."""
+
+    size: int
+    num_frames: int
+    fps: int
+
+
+@dataclass
+class Question:
+    """A question generator's output: the scene to render and one multiple-choice question about it.
+
+    ``background``: ``{"kind": "plain"|"gradient", "axis": "horizontal"|"vertical", "rgb0": [r,g,b], "rgb1": [r,g,b]}``
+    (plain: rgb1 == rgb0). ``objects``: dicts made by ``_object`` (same keys for every object and every type, so the
+    JSONL has one schema that pyarrow / datasets can load).
+    """
+
+    question: str
+    options: list[str]
+    answer_index: int
+    background: dict[str, Any]
+    objects: list[dict[str, Any]]
+
+
+QuestionFn = Callable[[np.random.Generator, SceneSpec, int], Question]
+QUESTION_TYPES: dict[str, QuestionFn] = {}
+DEFAULT_QUESTION_TYPES = ("color", "shape", "count", "direction")
+
+
+def register_question_type(name: str) -> Callable[[QuestionFn], QuestionFn]:
+    """Register ``fn(rng, spec, answer_index) -> Question`` under ``name``; the correct option must be at
+    ``options[answer_index]``."""
+
+    def deco(fn: QuestionFn) -> QuestionFn:
+        if name in QUESTION_TYPES:
+            raise ValueError(f"question type {name!r} is already registered")
+        QUESTION_TYPES[name] = fn
+        return fn
+
+    return deco
+
+
+def _object(shape: str, color: str, radius: float, start: tuple[float, float], end: tuple[float, float],
+            t_start: int, t_end: int) -> dict[str, Any]:
+    """One object: ``shape`` of colour ``color`` with "radius" ``radius`` px, its centre moving linearly from
+    ``start`` (at frame ``t_start``) to ``end`` (at ``t_end``), drawn only in frames ``t_start..t_end``."""
+    return {
+        "shape": shape,
+        "color": color,
+        "rgb": list(COLORS[color]),
+        "radius": round(float(radius), 3),
+        "x0": round(float(start[0]), 3),
+        "y0": round(float(start[1]), 3),
+        "x1": round(float(end[0]), 3),
+        "y1": round(float(end[1]), 3),
+        "t_start": int(t_start),
+        "t_end": int(t_end),
+    }
+
+
+def _random_background(rng: np.random.Generator) -> dict[str, Any]:
+    """A plain or linear-gradient background of low-saturation greys (never confusable with the palette)."""
+
+    def grey(level: int) -> list[int]:
+        return [int(np.clip(level + rng.integers(-8, 9), 0, 255)) for _ in range(3)]
+
+    g0 = int(rng.integers(70, 181))
+    if rng.random() < 0.5:
+        rgb = grey(g0)
+        return {"kind": "plain", "axis": "horizontal", "rgb0": rgb, "rgb1": list(rgb)}
+    g1 = int(rng.integers(70, 181))
+    while abs(g1 - g0) < 40:
+        g1 = int(rng.integers(70, 181))
+    axis = "horizontal" if rng.random() < 0.5 else "vertical"
+    return {"kind": "gradient", "axis": axis, "rgb0": grey(g0), "rgb1": grey(g1)}
+
+
+def _render_background(bg: dict[str, Any], size: int) -> np.ndarray:
+    c0 = np.asarray(bg["rgb0"], dtype=np.float32)
+    c1 = np.asarray(bg["rgb1"], dtype=np.float32)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    if bg["axis"] == "horizontal":  # colour changes along x
+        w = np.broadcast_to(ramp[None, :, None], (size, size, 1))
+    else:
+        w = np.broadcast_to(ramp[:, None, None], (size, size, 1))
+    return np.rint(c0 * (1.0 - w) + c1 * w).astype(np.uint8)
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        h = 0.85 * r
+        return (np.abs(dx) <= h) & (np.abs(dy) <= h)
+    if shape == "triangle":  # apex up, base down; height 2r, base 2r
+        return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2.0)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r
+    raise ValueError(f"unknown shape {shape!r}; valid: {SHAPES}")
+
+
+def object_center(obj: dict[str, Any], t: int) -> tuple[float, float]:
+    """The centre (x, y) of ``obj`` at frame ``t`` (linear between its start and end)."""
+    span = obj["t_end"] - obj["t_start"]
+    a = 0.0 if span <= 0 else min(max((t - obj["t_start"]) / span, 0.0), 1.0)
+    return obj["x0"] + a * (obj["x1"] - obj["x0"]), obj["y0"] + a * (obj["y1"] - obj["y0"])
+
+
+def render_video(background: dict[str, Any], objects: list[dict[str, Any]], size: int, num_frames: int) -> np.ndarray:
+    """Render a scene to ``(num_frames, size, size, 3)`` uint8 RGB (objects drawn in list order)."""
+    bg = _render_background(background, size)
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    coords = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
+    for t in range(num_frames):
+        frame = bg.copy()
+        for obj in objects:
+            if not obj["t_start"] <= t <= obj["t_end"]:
+                continue
+            cx, cy = object_center(obj, t)
+            mask = _shape_mask(obj["shape"], coords[None, :] - cx, coords[:, None] - cy, obj["radius"])
+            frame[mask] = obj["rgb"]
+        frames[t] = frame
+    return frames
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Question types
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _place_answer(rng: np.random.Generator, answer: str, pool: list[str], answer_index: int) -> list[str]:
+    """4 options: ``answer`` at ``answer_index``, 3 distractors drawn from ``pool`` (without ``answer``)."""
+    distractors = [p for p in pool if p != answer]
+    picked = [distractors[i] for i in rng.permutation(len(distractors))[: len(LETTERS) - 1]]
+    picked.insert(answer_index, answer)
+    return picked
+
+
+def _single_mover(rng: np.random.Generator, spec: SceneSpec, shape: str, color: str,
+                  direction: str) -> dict[str, Any]:
+    """One shape crossing the middle of the frame in ``direction``, over the whole clip, never leaving the frame."""
+    s = spec.size
+    r = 0.14 * s
+    a, b = 0.22 * s, 0.78 * s  # travel along the axis: 56 % of the frame
+    across = float(rng.uniform(0.3, 0.7)) * s
+    start, end = {
+        "right": ((a, across), (b, across)),
+        "left": ((b, across), (a, across)),
+        "down": ((across, a), (across, b)),
+        "up": ((across, b), (across, a)),
+    }[direction]
+    return _object(shape, color, r, start, end, 0, spec.num_frames - 1)
+
+
+def _choice(rng: np.random.Generator, seq) -> Any:
+    return seq[int(rng.integers(len(seq)))]
+
+
+@register_question_type("color")
+def _q_color(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    color = _choice(rng, list(COLORS))
+    options = _place_answer(rng, color, list(COLORS), answer_index)
+    obj = _single_mover(rng, spec, _choice(rng, SHAPES), color, _choice(rng, DIRECTIONS))
+    return Question("What is the color of the moving shape in the video?", options, answer_index,
+                    _random_background(rng), [obj])
+
+
+@register_question_type("shape")
+def _q_shape(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    shape = _choice(rng, SHAPES)
+    options = _place_answer(rng, shape, list(SHAPES), answer_index)
+    obj = _single_mover(rng, spec, shape, _choice(rng, list(COLORS)), _choice(rng, DIRECTIONS))
+    return Question("What is the shape of the moving object in the video?", options, answer_index,
+                    _random_background(rng), [obj])
+
+
+@register_question_type("direction")
+def _q_direction(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    direction = _choice(rng, DIRECTIONS)
+    options = _place_answer(rng, direction, list(DIRECTIONS), answer_index)
+    obj = _single_mover(rng, spec, _choice(rng, SHAPES), _choice(rng, list(COLORS)), direction)
+    return Question("In which direction does the shape move in the video?", options, answer_index,
+                    _random_background(rng), [obj])
+
+
+@register_question_type("count")
+def _q_count(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    """1-5 shapes of distinct colours, each drifting inside its own cell of a 3x3 grid (so they never overlap);
+    the options are 4 consecutive numbers (1-4 or 2-5) in increasing order."""
+    low = int(rng.integers(1, 3))
+    count = low + answer_index
+    options = [str(low + i) for i in range(len(LETTERS))]
+    s = spec.size
+    cell = s / 3.0
+    r = 0.1 * s
+    slack = max(cell / 2.0 - r - 1.0, 0.0)  # how far a centre may move from its cell centre
+    cells = rng.permutation(9)[:count]
+    colors = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:count]]
+    objects = []
+    for c, color in zip(cells, colors):
+        cx, cy = (c % 3 + 0.5) * cell, (c // 3 + 0.5) * cell
+        d0, d1 = rng.uniform(-slack, slack, size=2), rng.uniform(-slack, slack, size=2)
+        objects.append(_object(_choice(rng, SHAPES), color, r, (cx + d0[0], cy + d0[1]), (cx + d1[0], cy + d1[1]),
+                               0, spec.num_frames - 1))
+    return Question("How many shapes are there in the video?", options, answer_index, _random_background(rng),
+                    objects)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks, manifest, building
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any) -> int:
+    low, high = RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name}={value} is out of range: valid range is [{low}, {high}]")
+    return int(value)
+
+
+def _check_args(num_videos, num_frames, size, fps, seed, task_name, question_types) -> dict[str, Any]:
+    params = {
+        "num_videos": _check_int("num_videos", num_videos),
+        "num_frames": _check_int("num_frames", num_frames),
+        "size": _check_int("size", size),
+        "fps": _check_int("fps", fps),
+        "seed": _check_int("seed", seed),
+    }
+    if params["size"] % 2:
+        raise ValueError(f"size={size} must be even (yuv420p); valid range is even values in {list(RANGES['size'])}")
+    if not isinstance(task_name, str) or not _TASK_NAME_RE.match(task_name):
+        raise ValueError(f"task_name={task_name!r} is invalid: it must match {_TASK_NAME_RE.pattern}")
+    types = list(DEFAULT_QUESTION_TYPES if question_types is None else question_types)
+    unknown = [t for t in types if t not in QUESTION_TYPES]
+    if not types or unknown or len(set(types)) != len(types):
+        raise ValueError(f"question_types={question_types!r} is invalid: give distinct names from "
+                         f"{sorted(QUESTION_TYPES)}")
+    params["task_name"] = task_name
+    params["question_types"] = types
+    return params
+
+
+def _template_digest() -> str:
+    h = hashlib.sha256()
+    for name in TEMPLATE_FILES:
+        h.update(name.encode())
+        h.update((TEMPLATE_DIR / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _expected_manifest(params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    return {
+        "generator": GENERATOR,
+        "generator_version": GENERATOR_VERSION,
+        "template_sha256": _template_digest(),
+        "params": params,
+        "out_dir": str(out_dir),  # the docs hold absolute paths: a moved folder is rebuilt
+    }
+
+
+def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_current(out_dir: Path, expected: dict[str, Any]) -> bool:
+    manifest = _read_manifest(out_dir)
+    if manifest is None or any(manifest.get(k) != v for k, v in expected.items()):
+        return False
+    p = expected["params"]
+    required = [out_dir / "test.jsonl", out_dir / "utils.py", out_dir / f"{p['task_name']}.yaml"]
+    required += [out_dir / "videos" / f"{_video_id(i)}.mp4" for i in range(p["num_videos"])]
+    return all(f.is_file() for f in required)
+
+
+def _video_id(index: int) -> str:
+    return f"v{index:05d}"
+
+
+def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    import av  # PyAV; imported lazily so `import tango.data` stays cheap
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "medium"})
+        stream.width = stream.height = frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1  # one thread: byte-identical output and no oversubscription
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _answer_index(doc_index: int, num_types: int) -> int:
+    """Balanced letters: within a type the letter cycles A..D, and each type starts one letter later."""
+    return (doc_index // num_types + doc_index % num_types) % len(LETTERS)
+
+
+def _build(tmp_dir: Path, final_dir: Path, params: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Write the whole task into ``tmp_dir`` with paths pointing into ``final_dir``; manifest.json last."""
+    started = time.perf_counter()
+    spec = SceneSpec(size=params["size"], num_frames=params["num_frames"], fps=params["fps"])
+    types = params["question_types"]
+    (tmp_dir / "videos").mkdir(parents=True)
+    docs = []
+    for i in range(params["num_videos"]):
+        qtype = types[i % len(types)]
+        answer_index = _answer_index(i, len(types))
+        # One independent stream per video: doc i does not depend on num_videos.
+        rng = np.random.default_rng([params["seed"], i])
+        q = QUESTION_TYPES[qtype](rng, spec, answer_index)
+        if len(q.options) != len(LETTERS) or len(set(q.options)) != len(LETTERS):
+            raise RuntimeError(f"question type {qtype!r} produced bad options {q.options}")
+        video_id = _video_id(i)
+        _write_mp4(tmp_dir / "videos" / f"{video_id}.mp4",
+                   render_video(q.background, q.objects, spec.size, spec.num_frames), spec.fps)
+        docs.append({
+            "doc_id": i,
+            "video_id": video_id,
+            "video": str(final_dir / "videos" / f"{video_id}.mp4"),
+            "question_type": qtype,
+            "question": q.question,
+            "options": list(q.options),
+            "answer": LETTERS[q.answer_index],
+            "answer_index": int(q.answer_index),
+            "answer_text": q.options[q.answer_index],
+            "num_frames": spec.num_frames,
+            "size": spec.size,
+            "fps": spec.fps,
+            "seed": params["seed"],
+            "background": q.background,
+            "objects": q.objects,
+        })
+    with open(tmp_dir / "test.jsonl", "w") as f:
+        for doc in docs:
+            f.write(json.dumps(doc) + "\n")
+
+    yaml_text = (TEMPLATE_DIR / "task.yaml.tmpl").read_text()
+    yaml_text = yaml_text.replace("@TASK_NAME@", params["task_name"])
+    yaml_text = yaml_text.replace("@DATA_FILE@", json.dumps(str(final_dir / "test.jsonl")))  # a quoted YAML scalar
+    (tmp_dir / f"{params['task_name']}.yaml").write_text(yaml_text)
+    shutil.copyfile(TEMPLATE_DIR / "utils.py", tmp_dir / "utils.py")
+
+    letters = {c: sum(d["answer"] == c for d in docs) for c in LETTERS}
+    full = dict(manifest, num_docs=len(docs), answer_counts=letters,
+                generation_seconds=round(time.perf_counter() - started, 3),
+                created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    (tmp_dir / "manifest.json").write_text(json.dumps(full, indent=2) + "\n")
+
+
+def ensure_synthetic_task(out_dir: str | os.PathLike, *, num_videos: int = 16, num_frames: int = 32,
+                          size: int = 112, fps: int = 8, seed: int = 1234, task_name: str = "tango_synthetic",
+                          question_types: list[str] | tuple[str, ...] | None = None,
+                          lock_timeout: float = 600.0) -> Path:
+    """Make sure ``out_dir`` holds the synthetic task for these parameters; return its absolute path.
+
+    Builds on first use; reuses the folder untouched when ``manifest.json`` matches the parameters; rebuilds it when
+    they differ. Safe to call from several processes at once. ``question_types`` defaults to
+    ``("color", "shape", "count", "direction")``; doc ``i`` gets type ``question_types[i % len(question_types)]``.
+
+    Raises ``ValueError`` for bad arguments and ``FileExistsError`` if ``out_dir`` is a non-empty folder that this
+    generator did not create (it is never deleted).
+    """
+    from filelock import FileLock
+
+    params = _check_args(num_videos, num_frames, size, fps, seed, task_name, question_types)
+    out_dir = Path(out_dir).expanduser().resolve()
+    expected = _expected_manifest(params, out_dir)
+    if _is_current(out_dir, expected):  # fast path, no lock: a folder with a manifest is complete
+        return out_dir
+
+    parent, name = out_dir.parent, out_dir.name
+    parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(parent / f".{name}.lock"), timeout=lock_timeout):
+        if _is_current(out_dir, expected):  # someone else built it while we waited
+            return out_dir
+        if out_dir.exists():
+            manifest = _read_manifest(out_dir)
+            ours = manifest is not None and manifest.get("generator") == GENERATOR
+            if not out_dir.is_dir() or (not ours and any(out_dir.iterdir())):
+                raise FileExistsError(f"{out_dir} exists and was not made by {GENERATOR}; refusing to overwrite it")
+        # Under the lock nobody else is building: leftovers of crashed builders are stale.
+        for stale in list(parent.glob(f".{name}.tmp-*")) + list(parent.glob(f".{name}.old-*")):
+            shutil.rmtree(stale, ignore_errors=True)
+
+        token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp_dir = parent / f".{name}.tmp-{token}"
+        try:
+            _build(tmp_dir, out_dir, params, expected)
+            if out_dir.exists():
+                old = parent / f".{name}.old-{token}"
+                os.rename(out_dir, old)
+                os.rename(tmp_dir, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp_dir, out_dir)
+        finally:
+            if tmp_dir.exists():
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out_dir
+
+
+def load_docs(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The docs of a generated task (``out_dir/test.jsonl``), in doc_id order."""
+    with open(Path(out_dir) / "test.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]

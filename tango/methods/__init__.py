@@ -1,0 +1,29 @@
+"""Pruning methods and their registry: ``configs/method/<name>.yaml`` <-> ``METHODS[name]``."""
+
+from __future__ import annotations
+
+from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+from tango.methods.none import NoPruning
+from tango.methods.dycoke import DyCoke
+from tango.methods.fastv import FastV
+from tango.methods.tango import Tango
+from tango.methods.visionzip import VisionZip
+
+#: name -> method dataclass. The key is the config file name under configs/method/.
+METHODS: dict[str, type[PruningMethod]] = {
+    "none": NoPruning,
+    "tango": Tango,
+    "fastv": FastV,
+    "visionzip": VisionZip,
+    "dycoke": DyCoke,
+}
+
+
+def build_method(name: str, **hparams) -> PruningMethod:
+    """Instantiate method ``name`` with its hyperparameters; unknown names list the valid ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {sorted(METHODS)}")
+    return METHODS[name](**hparams)
+
+
+__all__ = ["METHODS", "PruningMethod", "Selection", "build_method", "check_budget", "identity_selection"]

@@ -1,0 +1,105 @@
+"""Shared interface of the pruning methods: pure tensor code, no transformers import.
+
+Notation: N frames, L visual tokens per frame after the model's pooling, D embedding size (the LLM's), M kept tokens.
+A flat source index is ``frame * L + l``.
+
+A *pre-LLM* method maps the projected, pooled video tokens ``x [N, L, D]`` to the tokens the LLM will see
+(``Selection.tokens [M, D]``, in LLM order). An *in-LLM* method (FastV, Tango's LLaVA-Video stage, DyCoke stage 2)
+additionally exposes pure selection functions over the attention row / hidden states it needs; the model adapters
+wire those into the decoder. ``budget`` always means the fraction of visual tokens the LLM sees (layer-averaged for
+methods that prune inside the LLM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Selection:
+    """Output of a pre-LLM method.
+
+    Attributes:
+        tokens: ``[M, D]`` kept or merged tokens, in the order the LLM will see them.
+        indices: ``[M]`` long, flat source index ``frame * L + l`` of each output token's representative token
+            (for merged tokens: the token whose position the merged token takes).
+        stats: realized counts for the result row: at least ``tokens_in`` (visual tokens before the method) and
+            ``tokens_out`` (visual tokens entering the LLM); in-LLM methods add ``tokens_layer_avg`` (visual tokens
+            averaged over decoder layers) once their in-LLM plan is known.
+    """
+
+    tokens: Tensor
+    indices: Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def check_budget(budget: float) -> float:
+    """Return ``budget`` as a float, or raise if it is outside (0, 1]."""
+    budget = float(budget)
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget={budget!r} is outside the valid range (0, 1]: it is the fraction of visual tokens kept")
+    return budget
+
+
+@dataclass
+class PruningMethod:
+    """Base of every method. Subclasses are dataclasses whose fields are the method's hyperparameters.
+
+    The same dataclass is the Hydra schema of ``configs/method/<name>.yaml`` (registered in ``tango.config``), so a
+    typo or a wrong type in a method config fails at compose time, and ``OmegaConf.to_object(cfg.method)`` returns
+    the method object itself. Fields must therefore be OmegaConf-compatible (int, float, str, bool, Enum,
+    ``typing.List``/``Optional`` of those). Hyperparameter checks live in ``__post_init__``. Each subclass sets
+    ``name: str = "<registry key>"`` as its first field.
+    """
+
+    #: registry key = config file name; a dataclass field so that it is visible in the composed config.
+    name: str = "base"
+    #: ``"pre_llm"``, ``"in_llm"`` or ``"both"``: where the method acts.
+    stage: ClassVar[str] = "pre_llm"
+    #: True when ``prune`` needs the attention/saliency score ``attn``.
+    needs_attention: ClassVar[bool] = False
+
+    def prune(
+        self,
+        x: Tensor,
+        *,
+        budget: float,
+        attn: Tensor | None = None,
+        timestamps: Tensor | None = None,
+        grid: tuple[int, int] | None = None,
+        metric: Tensor | None = None,
+    ) -> Selection:
+        """Select / merge visual tokens before the LLM.
+
+        Args:
+            x: ``[N, L, D]`` projected, pooled visual tokens of one video.
+            budget: fraction of visual tokens the LLM sees, in (0, 1].
+            attn: ``[N, L]`` saliency score, for methods with ``needs_attention``.
+            timestamps: ``[N]`` frame times in seconds.
+            grid: pooled grid ``(H, W)`` with ``H * W == L``.
+            metric: ``[N, L, Dm]`` similarity features for methods that take them from elsewhere than ``x``
+                (VisionZip: the last vision layer's keys, pooled like the features).
+
+        Returns:
+            The kept tokens with their source indices and realized counts.
+        """
+        raise NotImplementedError
+
+    def hparams(self) -> dict:
+        """Hyperparameters as a flat dict, for result rows."""
+        return dataclasses.asdict(self)
+
+
+def identity_selection(x: Tensor) -> Selection:
+    """All tokens, unchanged, in raster order: ``x [N, L, D]`` -> ``Selection`` with ``M = N * L``."""
+    n, l, d = x.shape
+    return Selection(
+        tokens=x.reshape(n * l, d),
+        indices=torch.arange(n * l, device=x.device),
+        stats={"tokens_in": n * l, "tokens_out": n * l},
+    )

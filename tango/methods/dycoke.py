@@ -1,0 +1,244 @@
+"""DyCoke: temporal token merging (TTM) before the LLM + dynamic KV-cache pruning during decoding.
+
+Paper: "DyCoke: Dynamic Compression of Tokens for Fast Video Large Language Models" (CVPR'25), arXiv:2411.15024.
+Reproduced: ``KD-TAO/DyCoke@dd7463498203479d0ff6f2d29c4e72928c0af244``:
+stage 1 = ``llava/model/llava_arch.py::dycole_ttm`` (sic), stage 2 =
+``llava/model/language_model/modeling_qwen2.py::PrunableDynamicCache.dycoke_pruning`` / ``update_cache``.
+Parity is tested against both (``tests/fixtures/dycoke/``).
+
+Stage 1, TTM (``prune``), on ``x [N, L, D]``; ``keep`` tokens per pruned frame:
+
+- pass 1: frames 1, 3, 5, ... keep their ``keep`` tokens least cosine-similar to the same position in the previous
+  frame (cosine of L2-normalised rows);
+- pass 2: for ``i = 0, 4, 8, ...`` while ``i < N - 4``, frame ``i + 2`` keeps its ``keep`` tokens least similar to
+  frame ``i`` (cosine of the raw rows); the other even frames ("anchors": 0, 4, ..., and the last even frames) stay
+  full. At N = 32: anchors 0, 4, ..., 28 and 30 (9 frames).
+- tokens are dropped, not averaged; output is frame-major, anchors in raster order, pruned frames in
+  ascending-similarity order (the reference's sorted ``topk(largest=False)``). Positions are re-indexed after it.
+
+Budget mapping (``budget`` = fraction of the ``N * L`` tokens entering the LLM), recorded as ``stats['regime']``:
+
+- ``"ttm"``: ``keep = round((budget * N * L - A * L) / P)`` (``A`` anchors, ``P`` pruned frames), clipped to
+  ``[0, L]``. Exact reference algorithm; the reference's own knob is ``keep = int((1 - k) * L)``.
+- The reference cannot go below its **floor** ``A * L / (N * L)`` (all pruned frames empty): 28.1% at N = 32,
+  ``stats['ttm_floor']``. Below it, regime ``"ttm_cap"`` (a variant, not in the paper): every frame, anchors
+  included, keeps ``round(budget * N * L / N_used)`` tokens; pruned frames by the TTM rule, anchor ``f`` by least
+  similarity to frame ``f - 1`` (frame 0: to frame 1). Discontinuous at the floor by design: just above it the
+  reference keeps full anchors and near-empty pruned frames, just below it all frames get the same count.
+- ``"ttm_k"``: ``merging_ratio`` (the reference's ``dycoke_k``) is set: ``keep = int((1 - k) * L)`` and ``budget`` is
+  only checked (``budget == 1`` still returns the input); k = 0.7 keeps 3098 / 6272 tokens at N = 32.
+
+Stage 2, decode-time KV selection (:func:`kv_select`; the adapter calls it at every decode step at layer
+``kv_layer`` and gathers the cache of layers ``>= kv_layer``): the decode token's attention row at layer
+``kv_layer - 1``, averaged over heads, sliced to the video span; if its cosine with the previous step's slice is
+``< kv_threshold`` (or there is no previous step), keep the top ``int(image_len * (1 - kv_prune_ratio))`` video
+tokens plus every non-video position; **otherwise nothing is pruned for that step** (the reference resets the
+selection at layers ``< kv_layer`` every step, so stable steps use the full cache). The reference's
+``image_len`` is the TTM output length **minus one** (the last video token is never prunable); use
+:meth:`DyCoke.kv_image_span`. Kept keys are post-RoPE, so original positions are kept implicitly.
+
+Intentional deviations from the reference:
+
+- ``budget`` mapping and the ``"ttm_cap"`` variant above (the reference has only ``k``).
+- N <= 4: pass 2 is skipped; the reference crashes (``torch.stack`` of an empty list). N < 2 raises.
+- ``drop_odd_last_frame=False`` keeps the last frame of an odd-length video as an anchor; the default reproduces the
+  reference, which silently drops it.
+- :func:`kv_select` returns the kept positions sorted (the reference's are an unsorted top-k: same set; attention
+  over a gathered cache does not depend on order), as a tensor instead of a Python list rebuilt in every layer.
+- The previous step's attention is state the adapter passes in and resets per sample; the reference keeps it on the
+  model, so the first step of a sample is compared with the last step of the previous one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+
+ANCHOR, PASS1, PASS2 = 0, 1, 2
+
+
+def ttm_schedule(num_frames: int, drop_odd_last_frame: bool = True) -> tuple[Tensor, Tensor]:
+    """Role of each used frame in TTM.
+
+    Returns:
+        ``kind [N_used]`` (0 anchor, 1 pass-1 frame, 2 pass-2 frame) and ``ref [N_used]``, the frame each one is
+        compared with (anchors: the previous frame, frame 0: frame 1; only the ``ttm_cap`` variant uses it).
+        ``N_used = N - N % 2`` when ``drop_odd_last_frame`` (the reference), else ``N``.
+    """
+    n_used = num_frames - num_frames % 2 if drop_odd_last_frame else num_frames
+    if n_used < 2:
+        raise ValueError(
+            f"dycoke needs at least 2 frames, got num_frames={num_frames} (drop_odd_last_frame={drop_odd_last_frame})"
+        )
+    f = torch.arange(n_used)
+    kind = torch.full((n_used,), ANCHOR)
+    kind[f % 2 == 1] = PASS1
+    kind[(f % 4 == 2) & (f < num_frames - 2)] = PASS2
+    ref = torch.where(kind == PASS2, f - 2, f - 1)
+    ref[0] = 1
+    return kind, ref
+
+
+def ttm_indices(x: Tensor, keep: int, anchor_keep: Optional[int] = None, drop_odd_last_frame: bool = True) -> Tensor:
+    """Flat source indices (``frame * L + l``) kept by TTM, in output order.
+
+    Args:
+        x: ``[N, L, D]`` post-projector, post-pool frame tokens.
+        keep: tokens kept per pruned (non-anchor) frame, ``0 <= keep <= L``.
+        anchor_keep: None = anchors stay full (the reference); an int caps anchors too (the ``ttm_cap`` variant).
+        drop_odd_last_frame: drop the last frame of an odd-length video, as the reference does.
+
+    Returns:
+        ``[M]`` long indices; ``x.reshape(-1, D)[indices]`` are the output tokens.
+    """
+    n, length, _ = x.shape
+    kind, ref = ttm_schedule(n, drop_odd_last_frame)
+    kind, ref = kind.to(x.device), ref.to(x.device)
+    n_used = kind.numel()
+    a, b = x[:n_used], x[ref]
+    # The reference normalises before the pass-1 cosine but not before the pass-2 one; both are kept so that
+    # near-tied similarities order exactly as upstream.
+    sim_norm = F.cosine_similarity(F.normalize(a, p=2, dim=-1), F.normalize(b, p=2, dim=-1), dim=-1)
+    sim = torch.where((kind == PASS2).unsqueeze(1), F.cosine_similarity(a, b, dim=-1), sim_norm)
+    full = (kind == ANCHOR) if anchor_keep is None else torch.zeros_like(kind, dtype=torch.bool)
+    count = torch.where(kind == ANCHOR, length if anchor_keep is None else anchor_keep, keep)
+    order = torch.arange(length, device=x.device).expand(n_used, length).clone()
+    kmax = int(count[~full].max()) if bool((~full).any()) else 0
+    if kmax > 0:
+        order[~full, :kmax] = sim[~full].topk(kmax, dim=1, largest=False).indices
+    valid = torch.arange(length, device=x.device) < count.unsqueeze(1)
+    frame = torch.arange(n_used, device=x.device).unsqueeze(1)
+    return (frame * length + order)[valid]
+
+
+class KVStep(NamedTuple):
+    """One decode step of DyCoke's KV selection."""
+
+    keep: Optional[Tensor]  #: ``[S']`` sorted cache positions to attend at layers >= kv_layer; None = full cache
+    image_attn: Tensor  #: ``[image_len]`` head-averaged video-span attention: pass it as ``prev`` next step
+    similarity: float  #: cosine with the previous step's ``image_attn`` (0 on the first step)
+
+
+def kv_select(
+    attn: Tensor,
+    prev: Optional[Tensor],
+    *,
+    image_start: int,
+    image_len: int,
+    prune_ratio: float,
+    threshold: float = 0.9,
+) -> KVStep:
+    """DyCoke stage 2 for one decode step.
+
+    Args:
+        attn: ``[H, S]`` (or head-averaged ``[S]``) attention of the decode token at layer ``kv_layer - 1`` over the
+            full cache of length ``S`` (the new token included).
+        prev: ``[image_len]`` ``image_attn`` of the previous step of this sample, or None on its first step.
+        image_start: cache position of the first video token.
+        image_len: prunable video span (the reference: TTM output length - 1, see ``DyCoke.kv_image_span``).
+        prune_ratio: fraction of the span dropped (``dycoke_p``); ``int(image_len * (1 - p))`` are kept.
+        threshold: a step prunes only when the similarity with ``prev`` is below it.
+    """
+    row = attn.mean(0) if attn.dim() == 2 else attn
+    image_attn = row[image_start : image_start + image_len]
+    sim = 0.0 if prev is None else float(F.cosine_similarity(image_attn, prev, dim=0))
+    if sim >= threshold:
+        return KVStep(None, image_attn, sim)
+    top = image_attn.topk(int(image_len * (1 - prune_ratio))).indices + image_start
+    pos = torch.arange(row.shape[0], device=row.device)
+    keep = torch.cat([pos[:image_start], top.sort().values, pos[image_start + image_len :]])
+    return KVStep(keep, image_attn, sim)
+
+
+@dataclass
+class DyCoke(PruningMethod):
+    """DyCoke: TTM at the LLM input (``prune``) + decode-time KV selection (``kv_select``)."""
+
+    name: str = "dycoke"
+    #: the reference's TTM knob k (``dycoke_k``, paper 0.7); set, it overrides the budget mapping (regime ttm_k).
+    merging_ratio: Optional[float] = None
+    #: drop the last frame of an odd-length video, as the reference does.
+    drop_odd_last_frame: bool = True
+    #: enable stage 2 (decode-time KV pruning); the adapter reads it.
+    kv_pruning: bool = True
+    #: decoder layer L from which the KV cache is pruned; the signal is layer L-1's attention (``dycoke_l``).
+    kv_layer: int = 3
+    #: fraction of the video span dropped from the KV cache at a pruned step (``dycoke_p``).
+    kv_prune_ratio: float = 0.7
+    #: a decode step prunes only when its attention's cosine with the previous step's is below this.
+    kv_threshold: float = 0.9
+
+    stage = "both"
+    needs_attention = False
+
+    def __post_init__(self) -> None:
+        if self.merging_ratio is not None and not 0.0 <= self.merging_ratio <= 1.0:
+            raise ValueError(f"merging_ratio={self.merging_ratio!r} is outside the valid range [0, 1] (or None)")
+        if self.kv_layer < 1:
+            raise ValueError(f"kv_layer={self.kv_layer!r} must be >= 1: the signal is the attention of layer kv_layer-1")
+        if not 0.0 <= self.kv_prune_ratio < 1.0:
+            raise ValueError(f"kv_prune_ratio={self.kv_prune_ratio!r} is outside the valid range [0, 1)")
+        if not 0.0 <= self.kv_threshold <= 1.0:
+            raise ValueError(f"kv_threshold={self.kv_threshold!r} is outside the valid range [0, 1]")
+
+    def plan(self, num_frames: int, tokens_per_frame: int, budget: float) -> dict:
+        """Per-frame counts and regime for ``budget`` (see module doc); no tensors involved."""
+        budget = check_budget(budget)
+        kind, _ = ttm_schedule(num_frames, self.drop_odd_last_frame)
+        n_used, anchors = kind.numel(), int((kind == ANCHOR).sum())
+        pruned, total, length = n_used - anchors, num_frames * tokens_per_frame, tokens_per_frame
+        floor = anchors * length
+        anchor_keep = None
+        if self.merging_ratio is not None:
+            regime, keep = "ttm_k", int((1 - self.merging_ratio) * length)
+        elif budget * total >= floor:
+            regime, keep = "ttm", min(length, round((budget * total - floor) / pruned))
+        else:
+            regime = "ttm_cap"
+            keep = anchor_keep = max(1, min(length, round(budget * total / n_used)))
+        out = anchors * (length if anchor_keep is None else anchor_keep) + pruned * keep
+        return {"regime": regime, "keep_per_frame": keep, "anchor_keep": anchor_keep, "anchor_frames": anchors,
+                "dropped_frames": num_frames - n_used, "tokens_out": out, "ttm_floor": floor / total}
+
+    def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
+        """TTM on ``x [N, L, D]``; the KV stage runs later, in the decoder (``kv_select``)."""
+        budget = check_budget(budget)
+        n, length, d = x.shape
+        if budget == 1.0:
+            sel = identity_selection(x)
+            sel.stats.update(regime="identity")
+            return sel
+        plan = self.plan(n, length, budget)
+        idx = ttm_indices(x, plan["keep_per_frame"], plan["anchor_keep"], self.drop_odd_last_frame)
+        image_len = idx.numel() - 1
+        kv_keep = int(image_len * (1 - self.kv_prune_ratio))
+        stats = {
+            "tokens_in": n * length,
+            "tokens_out": idx.numel(),
+            "regime": plan["regime"],
+            "keep_per_frame": plan["keep_per_frame"],
+            "anchor_frames": plan["anchor_frames"],
+            "dropped_frames": plan["dropped_frames"],
+            "ttm_floor": plan["ttm_floor"],
+            # Visual KV entries attended at layers >= kv_layer on a pruned decode step (reference off-by-one kept).
+            "kv_tokens_pruned_step": idx.numel() - image_len + kv_keep if self.kv_pruning else idx.numel(),
+        }
+        return Selection(tokens=x.reshape(-1, d)[idx], indices=idx, stats=stats)
+
+    def kv_image_span(self, image_start: int, tokens_out: int) -> tuple[int, int]:
+        """``(image_start, image_len)`` of the prunable video span as the reference sets it: TTM length minus one."""
+        return image_start, tokens_out - 1
+
+    def kv_select(self, attn: Tensor, prev: Optional[Tensor], *, image_start: int, image_len: int) -> KVStep:
+        """:func:`kv_select` with this method's ``kv_prune_ratio`` and ``kv_threshold``."""
+        return kv_select(attn, prev, image_start=image_start, image_len=image_len, prune_ratio=self.kv_prune_ratio,
+                         threshold=self.kv_threshold)
+
+
+__all__ = ["DyCoke", "KVStep", "kv_select", "ttm_indices", "ttm_schedule"]

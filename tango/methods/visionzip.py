@@ -1,0 +1,167 @@
+"""VisionZip, SigLIP port for video LLMs: dominant tokens by received attention + contextual merged tokens.
+
+Paper: "VisionZip: Longer is Better but Not Necessary in Vision Language Models" (CVPR'25), arXiv:2412.04467.
+Reproduced: the SigLIP / LLaVA-OneVision port used in published video comparisons,
+``cokeshao/HoliTom@e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0``: the nested ``visionzip(...)`` function inside
+``visionzip/llava_arch.py::LlavaMetaForCausalLM_visionzip.prepare_inputs_labels_for_multimodal`` (the official
+``dvlab-research/VisionZip`` supports CLIP only). Parity is tested against that function
+(``tests/fixtures/visionzip/``).
+
+Algorithm, per frame of ``L`` pooled tokens, ``S = round(L * budget)`` output tokens:
+
+- ``dominant = int(S * dominant_ratio)`` (54/64), ``contextual = S - dominant``;
+- dominant = top-``dominant`` tokens by ``attn`` (no CLS on SigLIP, so all of them come from top-k), emitted in
+  ascending position order (the port selects them with a boolean mask);
+- the other ``R = L - dominant`` tokens, in position order: every ``max(1, R // contextual)``-th one is a target
+  (the first ``contextual`` of them); every non-target joins the target of highest cosine of ``metric``;
+  contextual token = target row + mean of its members (the target is not in the mean);
+- output per frame: ``[dominant ..., contextual ...]``, frames in order.
+
+What the adapter must feed (HoliTom's ``siglip_encoder.py`` with ``WRAPPER=visionzip``):
+
+- ``x``: the projected features, pooled as usual (LLaVA-OV: bilinear 27x27 -> 14x14; LLaVA-Video: 2x2 average
+  -> 13x13);
+- ``attn [N, L]``: attention weights of the **last layer of the (26-layer) SigLIP tower**, averaged over heads,
+  then over queries (attention *received* by each of the 729 patches), then pooled to ``L`` exactly like ``x``;
+- ``metric [N, L, head_dim]``: that layer's key states (``k_proj`` output split into heads, no RoPE in SigLIP)
+  averaged over heads, pooled like ``x``. Without ``metric`` the method falls back to ``x`` (``stats['metric']``
+  records which one was used).
+
+LLM positions are re-indexed contiguously after this method (pre-LLM). For LLaVA-Video's ``grid`` newlines set
+``sort_by_position=True``: the port then sorts each frame's output by the representative token's position and the
+adapter re-inserts the newlines: running the port shows one newline after *every* grid row, a row with no kept token
+becoming a lone newline (``H`` newlines per frame; row of a token = ``index % L // W``).
+
+Intentional deviations from the reference:
+
+- ``S = round(L * budget)`` per frame; HoliTom's scripts set ``SPATIAL_TOKENS`` 20/30/40/50 by hand for budgets
+  0.10/0.15/0.20/0.25, whereas ``round(196 * r)`` gives 20/29/39/49.
+- ``contextual == 0`` (``S < 2``) returns the dominant tokens only; the reference divides by zero.
+- Merging uses ``scatter_add`` instead of a one-hot ``bmm``: same sums, float rounding may differ in the last bits.
+- ``budget == 1`` returns the input unchanged (the reference would reorder and "merge" zero members).
+- ``sort_by_position=True`` pairs every token with its own position. The reference's ``grid`` path does not: it
+  gathers the dominant *positions* in top-k order but the dominant *tokens* in ascending order, then sorts both by
+  position, so dominant rows land in the wrong slots (found by running it; 26-27 of 28 dominant rows per frame in the
+  fixture case). Positions, newline layout and contextual rows still match it; only that bug is not reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+
+
+def visionzip_split(tokens_per_frame: int, dominant_ratio: float) -> tuple[int, int]:
+    """``(dominant, contextual)`` for ``tokens_per_frame`` output tokens: ``int(S * ratio)`` and the rest."""
+    dominant = int(tokens_per_frame * dominant_ratio)
+    return dominant, tokens_per_frame - dominant
+
+
+def visionzip_frames(
+    x: Tensor, attn: Tensor, metric: Tensor, dominant: int, contextual: int, sort_by_position: bool = False
+) -> tuple[Tensor, Tensor]:
+    """VisionZip on every frame at once.
+
+    Args:
+        x: ``[N, L, D]`` features.
+        attn: ``[N, L]`` attention received by each token (higher = more dominant).
+        metric: ``[N, L, Dm]`` merge metric (keys); cosine similarity on it decides the contextual merge.
+        dominant: dominant tokens per frame, ``0 <= dominant <= L``.
+        contextual: contextual (merged) tokens per frame, ``0 <= contextual <= L - dominant``.
+        sort_by_position: sort each frame's output by representative position (HoliTom's ``grid`` path).
+
+    Returns:
+        ``tokens [N, dominant + contextual, D]`` and ``positions [N, dominant + contextual]`` (within-frame index of
+        each output token's representative: the dominant token itself, or the contextual target).
+    """
+    n, length, d = x.shape
+    top = attn.topk(dominant, dim=1).indices
+    is_dom = torch.zeros(n, length, dtype=torch.bool, device=x.device).scatter_(1, top, True)
+    # A stable sort on "is not dominant" lists dominant positions ascending, then the rest ascending: the order the
+    # reference's boolean-mask selection produces.
+    order = torch.sort((~is_dom).to(torch.uint8), dim=1, stable=True).indices
+    dom_pos, rest_pos = order[:, :dominant], order[:, dominant:]
+    dom_tokens = x.gather(1, dom_pos.unsqueeze(-1).expand(-1, -1, d))
+    if contextual == 0:
+        tokens, positions = dom_tokens, dom_pos
+    else:
+        rest = length - dominant
+        step = max(1, rest // contextual)
+        tgt = torch.arange(0, rest, step, device=x.device)[:contextual]
+        is_tgt = torch.zeros(rest, dtype=torch.bool, device=x.device)
+        is_tgt[tgt] = True
+        mem = (~is_tgt).nonzero().squeeze(1)
+        m = metric.gather(1, rest_pos.unsqueeze(-1).expand(-1, -1, metric.shape[-1]))
+        m = m / m.norm(dim=-1, keepdim=True)
+        assign = torch.bmm(m[:, mem], m[:, tgt].transpose(1, 2)).argmax(dim=2)  # [N, |mem|]
+        x_rest = x.gather(1, rest_pos.unsqueeze(-1).expand(-1, -1, d))
+        summed = torch.zeros(n, contextual, d, dtype=x.dtype, device=x.device)
+        summed.scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, d), x_rest[:, mem])
+        counts = torch.zeros(n, contextual, dtype=x.dtype, device=x.device)
+        counts.scatter_add_(1, assign, torch.ones_like(assign, dtype=x.dtype))
+        ctx_tokens = x_rest[:, tgt] + summed / counts.clamp(min=1).unsqueeze(-1)
+        tokens = torch.cat([dom_tokens, ctx_tokens], dim=1)
+        positions = torch.cat([dom_pos, rest_pos[:, tgt]], dim=1)
+    if sort_by_position:
+        positions, perm = positions.sort(dim=1)
+        tokens = tokens.gather(1, perm.unsqueeze(-1).expand(-1, -1, d))
+    return tokens, positions
+
+
+@dataclass
+class VisionZip(PruningMethod):
+    """VisionZip (HoliTom's SigLIP port), per frame, ``round(L * budget)`` tokens per frame."""
+
+    name: str = "visionzip"
+    #: share of each frame's tokens that are dominant (top attention); the rest are contextual (merged).
+    dominant_ratio: float = 54 / 64
+    #: sort each frame's output by position (HoliTom's LLaVA-Video ``grid`` path); False = OV ``one_token`` order.
+    sort_by_position: bool = False
+
+    stage = "pre_llm"
+    needs_attention = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dominant_ratio <= 1.0:
+            raise ValueError(f"dominant_ratio={self.dominant_ratio!r} is outside the valid range [0, 1]")
+
+    def tokens_per_frame(self, tokens_per_frame_in: int, budget: float) -> int:
+        """Output tokens per frame: ``round(L * budget)``, at least 1."""
+        return max(1, min(tokens_per_frame_in, round(tokens_per_frame_in * check_budget(budget))))
+
+    def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
+        """Per-frame VisionZip on ``x [N, L, D]`` with ``attn [N, L]`` and ``metric [N, L, Dm]`` (see module doc)."""
+        budget = check_budget(budget)
+        if budget == 1.0:
+            return identity_selection(x)
+        n, length, _ = x.shape
+        if attn is None or attn.shape != (n, length):
+            got = None if attn is None else tuple(attn.shape)
+            raise ValueError(f"visionzip needs attn of shape {(n, length)} (SigLIP received attention), got {got}")
+        if metric is not None and metric.shape[:2] != (n, length):
+            raise ValueError(f"visionzip metric must be [N, L, Dm] = [{n}, {length}, Dm], got {tuple(metric.shape)}")
+        s = self.tokens_per_frame(length, budget)
+        dominant, contextual = visionzip_split(s, self.dominant_ratio)
+        tokens, pos = visionzip_frames(
+            x, attn, x if metric is None else metric, dominant, contextual, self.sort_by_position
+        )
+        frame = torch.arange(n, device=x.device).unsqueeze(1)
+        return Selection(
+            tokens=tokens.reshape(-1, x.shape[-1]),
+            indices=(frame * length + pos).reshape(-1),
+            stats={
+                "tokens_in": n * length,
+                "tokens_out": n * s,
+                "tokens_per_frame": s,
+                "dominant_per_frame": dominant,
+                "contextual_per_frame": contextual,
+                "metric": "x" if metric is None else "metric",
+            },
+        )
+
+
+__all__ = ["VisionZip", "visionzip_frames", "visionzip_split"]

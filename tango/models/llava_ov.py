@@ -1,0 +1,141 @@
+"""LLaVA-OneVision adapter (``LlavaOnevisionForConditionalGeneration``, transformers 5.23).
+
+Pre-LLM pruning path, public seams only (see docs transformers-seams.md §2.4, route B):
+vision tower -> projector -> bilinear pooling (``get_video_features``) -> method -> ``inputs_embeds`` with exactly
+as many video placeholders as kept tokens + the single newline -> ``generate``. Positions are re-indexed
+contiguously, as LLaVA's own pre-LLM pruning does. With every token kept this is bit-exact with
+``model.generate(**processor_inputs)`` (tested).
+
+Attention source for methods that need one (Tango): the SigLIP attention-pooling head's probe attention, averaged
+over heads and pooled like the features. It is read with a forward hook on ``vision_tower.head.attention`` while the
+tower runs; towers without a head (the llava-hf checkpoints) need the head loaded from the SigLIP checkpoint, which
+is part of the model-adapter issue and raises a clear error until then.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from tango.methods.base import PruningMethod
+from tango.models.base import Generation, resolve_dtype
+from tango.timing import Stopwatch
+from tango.video import Clip
+
+
+class LlavaOneVision:
+    family = "llava_ov"
+
+    def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
+                 attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
+        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+        if tiny:
+            from tango.models.tiny import ensure_tiny_checkpoint
+
+            ensure_tiny_checkpoint("llava_ov", pretrained, seed=seed)
+        self.device = torch.device(device)
+        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+            pretrained, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(pretrained)
+        vc = self.model.config.vision_config
+        side = vc.image_size // vc.patch_size
+        self.patch_grid = (side, side)
+        self.grid = (math.ceil(side / 2), math.ceil(side / 2))  # apply_pooling's output grid
+        self.video_token_id = self.model.config.video_token_id
+
+    def prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def prepare(self, clip: Clip, question: str) -> dict:
+        """Processor inputs on the model's device: ``input_ids [1, S]``, ``pixel_values_videos [1, F, 3, H, W]``."""
+        inputs = self.processor(text=self.prompt(question), videos=[clip.frames], return_tensors="pt")
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    @contextmanager
+    def _capture_head_attention(self, enabled: bool):
+        """Yield a dict that receives ``attn [F, Hp*Wp]`` (probe attention averaged over heads) while the tower runs."""
+        captured: dict[str, torch.Tensor] = {}
+        if not enabled:
+            yield captured
+            return
+        head = getattr(self.model.model.vision_tower, "head", None)
+        if head is None:
+            raise NotImplementedError(
+                "this method needs the SigLIP attention-pooling head as its attention source, and this checkpoint's "
+                "vision tower has none; loading the head from google/siglip-so400m-patch14-384 is not implemented "
+                "yet (model-adapter issue)")
+        handle = head.attention.register_forward_hook(lambda mod, args, out: captured.__setitem__("attn", out[1][:, 0]))
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def _pool_like_features(self, attn: torch.Tensor) -> torch.Tensor:
+        """``[F, Hp*Wp]`` patch scores -> ``[F, L]`` pooled with the same bilinear resize as the features."""
+        f = attn.shape[0]
+        a = attn.view(f, 1, *self.patch_grid).float()
+        return F.interpolate(a, size=list(self.grid), mode="bilinear").view(f, -1)
+
+    @torch.inference_mode()
+    def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
+                 max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
+        if method.stage != "pre_llm":
+            raise NotImplementedError(f"method {method.name!r} acts inside the LLM ({method.stage}); its decoder "
+                                      "hooks are not wired into this adapter yet (model-adapter issue)")
+        sw = Stopwatch(self.device)
+        t_start = sw.now()
+        with self._capture_head_attention(method.needs_attention) as cap, sw("vision"):
+            video = self.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"]).pooler_output[0]
+        n = inputs["pixel_values_videos"].shape[1]
+        x, newline = video[:-1].view(n, -1, video.shape[-1]), video[-1:]
+        attn = self._pool_like_features(cap["attn"]) if "attn" in cap else None
+        timestamps = torch.as_tensor(clip.timestamps, dtype=torch.float32, device=self.device)
+        with sw("pruning"):
+            sel = method.prune(x, budget=budget, attn=attn, timestamps=timestamps, grid=self.grid)
+        visual = torch.cat([sel.tokens.to(video.dtype), newline])
+        ids = inputs["input_ids"]
+        is_video = ids[0] == self.video_token_id
+        # Keep the first M+1 placeholders and drop the rest: the kept tokens fill the video span contiguously.
+        keep = ~is_video | (torch.cumsum(is_video, 0) <= visual.shape[0])
+        ids = ids[:, keep]
+        embeds = self.model.get_input_embeddings()(ids)
+        embeds[ids == self.video_token_id] = visual.to(embeds.dtype)
+
+        lm = self.model.model.language_model
+        marks: list = []
+        hook = lm.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
+        t_llm = sw.now()
+        try:
+            out = self.model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                                      max_new_tokens=max_new_tokens, do_sample=False)
+        finally:
+            hook.remove()
+        t_end = sw.now()
+        sw.span("llm_prefill", t_llm, marks[0])
+        sw.span("ttft", t_start, marks[0])  # vision + pruning + embedding assembly + LLM prefill
+        sw.span("decode", marks[0], t_end)
+        ms = sw.results()
+        new_tokens = out.shape[1]
+        text = self.processor.batch_decode(out, skip_special_tokens=True)[0]
+        for s in stop or []:
+            if s and s in text:
+                text = text[: text.index(s)]
+        stats = {
+            "tokens_in": int(sel.stats.get("tokens_in", n * x.shape[1])),
+            "tokens_out": int(sel.stats.get("tokens_out", sel.tokens.shape[0])),
+            "prompt_tokens": int(ids.shape[1]),
+            "new_tokens": int(new_tokens),
+            "vision_ms": ms["vision"],
+            "attention_ms": None,  # the head runs inside the tower: included in vision_ms
+            "pruning_ms": ms["pruning"],
+            "llm_prefill_ms": ms["llm_prefill"],
+            "ttft_ms": ms["ttft"],
+            "decode_tok_s": (new_tokens - 1) / (ms["decode"] / 1e3) if new_tokens > 1 and ms["decode"] > 0 else None,
+        }
+        stats.update({f"method/{k}": v for k, v in sel.stats.items() if k not in ("tokens_in", "tokens_out")})
+        return Generation(text=text.strip(), stats=stats)

@@ -1,0 +1,136 @@
+"""Tiny random checkpoints of the real model classes, built offline (no hub access) for tests and the default run.
+
+Each builder writes a normal ``save_pretrained`` directory (model + processor + byte-level tokenizer + chat
+template), so the harness loads it with ``from_pretrained`` exactly like a real checkpoint. Weights are a
+deterministic function of the seed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+# Qwen-style chat template that understands the processor's structured content ({"type": "video"} / "text").
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'video' %}{{ video_placeholder }}{% elif c['type'] == 'image' %}{{ image_placeholder }}"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>",
+            "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def byte_tokenizer(style: str):
+    """A 265-token byte-level BPE tokenizer (no merges) in LLaVA (``<video>``) or Qwen (``<|video_pad|>``) style."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(symbols)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(_SPECIAL)
+    if style == "llava":
+        extra = {"image_token": "<image>", "video_token": "<video>"}
+    elif style == "qwen":
+        extra = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                 "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+    else:
+        raise ValueError(f"tokenizer style {style!r}; valid: 'llava', 'qwen'")
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   extra_special_tokens=extra)
+
+
+def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
+    """Tiny ``LlavaOnevisionForConditionalGeneration``: SigLIP (112 px, patch 14, 8x8 patches, with the
+    attention-pooling head that Tango's attention source needs) + 2-layer Qwen2 (hidden 64).
+    A frame gives 8x8 patches, pooled to 4x4 = 16 tokens; a video of F frames gives 16F + 1 tokens."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
+                              Qwen2Config, SiglipVisionConfig)
+
+    tok = byte_tokenizer("llava")
+    size = 112
+    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=size, patch_size=14, vision_use_head=True)
+    text = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, bos_token_id=None,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
+                               image_token_index=tok.convert_tokens_to_ids("<image>"),
+                               video_token_index=tok.convert_tokens_to_ids("<video>"),
+                               vision_feature_select_strategy="full", vision_feature_layer=-1,
+                               image_grid_pinpoints=pinpoints)
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    proc = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size={"height": size, "width": size},
+                                                     image_grid_pinpoints=pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
+        tokenizer=tok, num_image_tokens=(size // 14) ** 2, vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>")
+                                   .replace("{{ image_placeholder }}", "<image>"))
+    return _save(model, proc, out_dir)
+
+
+def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Tiny ``Qwen2_5_VLForConditionalGeneration``: 2-block ViT (window 56, last block full attention) + 2-layer
+    Qwen2.5 text model with 3-D M-RoPE (sections [2, 3, 3])."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    tok = byte_tokenizer("qwen")
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+                bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    pix = dict(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}, patch_size=14, temporal_patch_size=2,
+               merge_size=2)
+    proc = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pix), video_processor=Qwen2VLVideoProcessor(**pix), tokenizer=tok,
+        chat_template=CHAT_TEMPLATE
+        .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
+        .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
+    return _save(model, proc, out_dir)
+
+
+TINY_BUILDERS = {"llava_ov": build_tiny_llava_ov, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+
+
+def ensure_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build the tiny checkpoint of ``family`` at ``out_dir`` unless it is there; safe under concurrent callers."""
+    if family not in TINY_BUILDERS:
+        raise ValueError(f"no tiny builder for model family {family!r}; valid: {sorted(TINY_BUILDERS)}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir) + ".lock"):
+        if not (out_dir / "config.json").exists():
+            TINY_BUILDERS[family](out_dir, seed=seed)
+    return out_dir
+
+
+def _save(model, proc, out_dir: str | Path) -> Path:
+    # Build next to the target and rename into place, so a reader never sees a half-written checkpoint.
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    model.save_pretrained(tmp)
+    proc.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,193 @@
+"""One run: (model, method, budget, task, seed) -> run directory with record.json, samples.jsonl, config.yaml,
+plus a CSV row and a W&B run.
+
+Reads top to bottom: validate -> skip if done -> seed -> task data -> adapter + method -> lmms-eval -> record ->
+sinks. A finished run (its record.json exists) is skipped unless ``force=true``; a failed run leaves a ``failed``
+row in the CSV and no record, so the next call retries it.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tango.loggers import build_sinks
+from tango.methods.base import check_budget
+from tango.records import CONFIG, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
+
+WARMUP_REQUESTS = 1  # the first request pays one-off costs (allocator, kernels); excluded from latency medians
+LATENCY_KEYS = ("vision_ms", "attention_ms", "pruning_ms", "llm_prefill_ms", "ttft_ms", "decode_tok_s")
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Run one configuration; return its accuracy (0-100) for sweepers."""
+    budget = check_budget(cfg.budget)
+    method = OmegaConf.to_object(cfg.method)
+    if method.name == "none":
+        budget = 1.0
+    run_dir = Path(cfg.paths.results_dir) / "runs" / cfg.run_key
+    done = read_record(run_dir)
+    if done is not None and done.get("status") == "ok" and not cfg.force:
+        print(f"[tango] {cfg.run_key}: already done ({run_dir / RECORD}); pass force=true to re-run")
+        return done.get("accuracy")
+
+    sinks = build_sinks(cfg.logger)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    t0 = time.time()
+    try:
+        record, samples = _evaluate(cfg, method, budget)
+    except Exception as e:
+        failed = {**_identity(cfg, method, budget), "status": "failed", "error": f"{type(e).__name__}: {e}",
+                  "wall_s": time.time() - t0}
+        for sink in sinks:
+            if sink.__class__.__name__ == "CsvSink":
+                sink.log(failed, [], config, run_dir)
+        raise
+    record["wall_s"] = time.time() - t0
+    write_jsonl(run_dir / SAMPLES, samples)
+    write_json(run_dir / RECORD, record)
+    for sink in sinks:
+        sink.log(record, samples, config, run_dir)
+    _print_summary(record, run_dir, cfg)
+    return record["accuracy"]
+
+
+def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]:
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from tango.eval import PrunedVideoLM
+    from tango.models.base import load_adapter, resolve_device
+
+    _seed_everything(cfg.seed)
+    task = cfg.task
+    if task.synthetic is not None:
+        from tango.data.synthetic import ensure_synthetic_task
+
+        ensure_synthetic_task(task.include_path, task_name=task.lmms_task, **OmegaConf.to_container(task.synthetic))
+    device = resolve_device(cfg.device)
+    m = cfg.model
+    adapter = load_adapter(m.family, pretrained=m.pretrained, device=device, dtype=m.dtype,
+                           attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed)
+    lm = PrunedVideoLM(adapter, method, budget, num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend,
+                       max_new_tokens=m.max_new_tokens)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tm = TaskManager(include_path=task.include_path) if task.include_path else TaskManager()
+    results = simple_evaluate(model=lm, tasks=[task.lmms_task], task_manager=tm, limit=cfg.limit,
+                              bootstrap_iters=0, log_samples=True, random_seed=cfg.seed,
+                              numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
+    accuracy, raw = _accuracy(results, task)
+
+    samples = []
+    for task_name, task_samples in results["samples"].items():
+        for s in task_samples:
+            doc = s.get("doc", {})
+            samples.append({
+                "task": task_name, "doc_id": s["doc_id"], "target": s.get("target"),
+                "response": (s.get("filtered_resps") or [None])[0],
+                task.metric: s.get(task.metric),
+                **{k: doc[k] for k in ("question_type", "duration", "task_type") if k in doc},
+                **lm.request_stats.get((task_name, s["doc_id"]), {}),
+            })
+    samples.sort(key=lambda r: r.get("order", 0))
+
+    record = {**_identity(cfg, method, budget), "status": "ok", "error": None,
+              "accuracy": accuracy, "metric": task.metric, "metric_raw": raw, "n_samples": len(samples)}
+    record.update(_per_type_accuracy(samples, task.metric, task.metric_scale))
+    tin = [s["tokens_in"] for s in samples if "tokens_in" in s]
+    tout = [s["tokens_out"] for s in samples if "tokens_out" in s]
+    record["visual_tokens_in"] = float(np.mean(tin)) if tin else None
+    record["visual_tokens_out"] = float(np.mean(tout)) if tout else None
+    record["retention"] = float(np.sum(tout) / np.sum(tin)) if tin and np.sum(tin) else None
+    for k in LATENCY_KEYS:
+        record.update(summarize([s.get(k) for s in samples], k, warmup=WARMUP_REQUESTS))
+    record["latency_warmup_requests"] = WARMUP_REQUESTS
+    if device.type == "cuda":
+        record["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        platform.processor() or platform.machine())
+    return record, samples
+
+
+def _accuracy(results: dict, task) -> tuple[float | None, float | None]:
+    """The task's metric on 0-100; a group without its own score (MVBench) is the mean of its subtasks."""
+    key = f"{task.metric},none"
+    res = results["results"]
+    if key in res.get(task.lmms_task, {}):
+        raw = float(res[task.lmms_task][key])
+    else:
+        subs = [res[t][key] for t in results.get("group_subtasks", {}).get(task.lmms_task, []) if key in res.get(t, {})]
+        if not subs:
+            raise KeyError(f"metric {key!r} not found for task {task.lmms_task!r}; available: "
+                           f"{ {t: sorted(v) for t, v in res.items()} }")
+        raw = float(np.mean(subs))
+    return raw * task.metric_scale, raw
+
+
+def _per_type_accuracy(samples: list[dict], metric: str, scale: float) -> dict:
+    types = sorted({s["question_type"] for s in samples if "question_type" in s})
+    out = {}
+    for t in types:
+        vals = [float(s[metric]) for s in samples if s.get("question_type") == t and s.get(metric) is not None]
+        out[f"accuracy/{t}"] = float(np.mean(vals)) * scale if vals else None
+    return out
+
+
+def _identity(cfg: DictConfig, method, budget: float) -> dict:
+    m = cfg.model
+    return {
+        "run_key": cfg.run_key, "model": m.name, "model_family": m.family, "pretrained": m.pretrained,
+        "method": method.name, "budget": budget, "budget_requested": float(cfg.budget), "task": cfg.task.name,
+        "lmms_task": cfg.task.lmms_task, "seed": cfg.seed, "limit": cfg.limit,
+        "num_frames": m.num_frames, "fps": m.fps, "dtype": m.dtype, "attn_implementation": m.attn_implementation,
+        "video_backend": m.video_backend, "prompt_variant": m.prompt_variant,
+        "method_hparams": OmegaConf.to_yaml(cfg.method).strip().replace("\n", "; "),
+        **_versions(cfg.paths.root_dir),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _versions(root: str) -> dict:
+    def git(*args):
+        try:
+            p = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return p.stdout.strip() if p.returncode == 0 else ""
+    return {"git_sha": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain", "-uno")),
+            "torch": torch.__version__, "transformers": version("transformers"), "lmms_eval": version("lmms_eval"),
+            "python": platform.python_version()}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _print_summary(record: dict, run_dir: Path, cfg: DictConfig) -> None:
+    def f(v, spec=".1f"):
+        return "n/a" if v is None else format(v, spec)
+    print(f"[tango] {record['run_key']}\n"
+          f"  accuracy        {f(record['accuracy'])} ({record['metric']}, n={record['n_samples']})\n"
+          f"  visual tokens   {f(record['visual_tokens_out'])} / {f(record['visual_tokens_in'])} "
+          f"(retention {f(record['retention'], '.3f')})\n"
+          f"  ttft median     {f(record['ttft_ms'])} ms  (vision {f(record['vision_ms'])}, pruning "
+          f"{f(record['pruning_ms'])}, LLM prefill {f(record['llm_prefill_ms'])})\n"
+          f"  run dir         {run_dir}\n"
+          + (f"  csv             {cfg.logger.csv.path}\n" if cfg.logger.get("csv") is not None else ""),
+          file=sys.stdout, flush=True)

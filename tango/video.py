@@ -1,0 +1,76 @@
+"""Frame sampling and video decoding. decord (lmms-eval's decoder) or PyAV; both return the same frame indices.
+
+Decoding happens outside every timed window (the eval wrapper prefetches on a background thread).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("decord", "pyav")
+
+
+@dataclass
+class Clip:
+    """Decoded frames of one video.
+
+    Attributes:
+        frames: ``[F, H, W, 3]`` uint8 RGB.
+        indices: ``[F]`` frame indices in the source video.
+        timestamps: ``[F]`` seconds, ``index / avg_fps``.
+        avg_fps: the container's average frame rate.
+        total_frames: frames in the source video.
+    """
+
+    frames: np.ndarray
+    indices: np.ndarray
+    timestamps: np.ndarray
+    avg_fps: float
+    total_frames: int
+
+
+def sample_indices(total_frames: int, num_frames: int, avg_fps: float, fps: float | None = None) -> np.ndarray:
+    """Frame indices to decode: ``linspace(0, total-1, num_frames)`` truncated to int, as lmms-eval's LLaVA wrappers
+    do; with ``fps`` set, one frame every ``avg_fps / fps`` source frames, capped at ``num_frames`` (uniform over the
+    whole video when the cap binds)."""
+    if total_frames < 1:
+        raise ValueError(f"video has total_frames={total_frames}; need at least 1")
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames}; need at least 1")
+    if fps is not None:
+        if fps <= 0:
+            raise ValueError(f"fps={fps}; need a positive frame rate")
+        n = max(1, int(total_frames / avg_fps * fps))
+        num_frames = min(num_frames, n)
+    return np.linspace(0, total_frames - 1, num_frames, dtype=int)
+
+
+def read_clip(path: str | Path, num_frames: int, backend: str = "decord", fps: float | None = None) -> Clip:
+    """Decode ``num_frames`` frames of ``path`` chosen by :func:`sample_indices`."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    if backend == "decord":
+        import decord
+
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        total, avg_fps = len(vr), float(vr.get_avg_fps())
+        idx = sample_indices(total, num_frames, avg_fps, fps)
+        frames = vr.get_batch(idx.tolist()).asnumpy()
+    elif backend == "pyav":
+        import av
+
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            avg_fps = float(stream.average_rate or stream.guessed_rate)
+            # Decode every frame: container frame counts are unreliable and seeking is not frame-exact.
+            all_frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        total = len(all_frames)
+        idx = sample_indices(total, num_frames, avg_fps, fps)
+        frames = np.stack([all_frames[i] for i in idx])
+    else:
+        raise ValueError(f"video backend {backend!r}; valid: {list(BACKENDS)}")
+    return Clip(frames=frames, indices=idx, timestamps=idx / avg_fps, avg_fps=avg_fps, total_frames=total)

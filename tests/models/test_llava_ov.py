@@ -1,0 +1,132 @@
+"""Tiny LLaVA-OV: offline checkpoint round trip and the pre-LLM pruning path against the unhooked model."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from tango.methods import build_method
+from tango.methods.base import PruningMethod, Selection
+from tango.models.base import load_adapter
+from tango.models.tiny import ensure_tiny_checkpoint
+from tango.video import Clip
+
+pytestmark = pytest.mark.tiny
+
+
+@dataclass
+class KeepFirstPerFrame(PruningMethod):
+    """Test method: the first round(L * budget) tokens of every frame, raster order."""
+
+    name: str = "keep_first"
+
+    def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None):
+        n, l, d = x.shape
+        k = round(l * budget)
+        idx = (torch.arange(n)[:, None] * l + torch.arange(k)[None]).reshape(-1)
+        return Selection(x[:, :k].reshape(-1, d), idx, {"tokens_in": n * l, "tokens_out": n * k})
+
+
+@dataclass
+class NeedsAttention(KeepFirstPerFrame):
+    needs_attention = True
+    seen: tuple = ()
+
+    def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None):
+        self.seen = (attn, timestamps, grid)
+        return super().prune(x, budget=budget)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_llava_dir):
+    return load_adapter("llava_ov", pretrained=str(tiny_llava_dir), device=torch.device("cpu"), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def clip():
+    frames = np.random.RandomState(0).randint(0, 255, (16, 112, 112, 3), dtype=np.uint8)
+    return Clip(frames, np.arange(16) * 2, np.arange(16) * 2 / 8.0, 8.0, 32)
+
+
+def test_checkpoint_is_deterministic_and_loads_like_a_real_one(tmp_path, tiny_llava_dir):
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    again = ensure_tiny_checkpoint("llava_ov", tmp_path / "again", seed=0)
+    other = ensure_tiny_checkpoint("llava_ov", tmp_path / "other", seed=1)
+    a, b, c = (LlavaOnevisionForConditionalGeneration.from_pretrained(p).state_dict()
+               for p in (tiny_llava_dir, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ValueError, match="valid"):
+        ensure_tiny_checkpoint("nope", tmp_path / "x")
+
+
+def test_full_tokens_are_bit_exact_with_the_unhooked_model(adapter, clip):
+    inputs = adapter.prepare(clip, "What colour is the moving shape?")
+    gen = adapter.generate(inputs, clip, build_method("none"), 1.0, max_new_tokens=6)
+    with torch.inference_mode():
+        ref = adapter.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    ref_text = adapter.processor.batch_decode(ref[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    assert gen.text == ref_text.strip()
+    assert gen.stats["tokens_in"] == gen.stats["tokens_out"] == 16 * 16
+    assert gen.stats["prompt_tokens"] == inputs["input_ids"].shape[1]
+
+
+def test_full_token_logits_equal_the_unhooked_forward(adapter, clip):
+    """Same prefill logits through the inputs_embeds route as through the model's own pixel path."""
+    inputs = adapter.prepare(clip, "Which way does it move?")
+    m = adapter.model
+    with torch.inference_mode():
+        ref = m(**inputs, logits_to_keep=1).logits
+        video = m.get_video_features(pixel_values_videos=inputs["pixel_values_videos"]).pooler_output[0]
+        emb = m.get_input_embeddings()(inputs["input_ids"])
+        emb[inputs["input_ids"] == adapter.video_token_id] = video
+        got = m(inputs_embeds=emb, attention_mask=inputs["attention_mask"], logits_to_keep=1).logits
+    assert torch.equal(ref, got)
+
+
+@pytest.mark.parametrize("budget,kept_per_frame", [(0.25, 4), (0.5, 8), (1.0, 16)])
+def test_pruned_prefill_has_exactly_the_kept_tokens(adapter, clip, budget, kept_per_frame):
+    inputs = adapter.prepare(clip, "How many shapes?")
+    gen = adapter.generate(inputs, clip, KeepFirstPerFrame(), budget, max_new_tokens=3)
+    removed = 16 * (16 - kept_per_frame)
+    assert gen.stats["tokens_out"] == 16 * kept_per_frame
+    assert gen.stats["prompt_tokens"] == inputs["input_ids"].shape[1] - removed
+    assert gen.stats["new_tokens"] >= 1 and gen.stats["ttft_ms"] >= gen.stats["llm_prefill_ms"] > 0
+
+
+def test_attention_source_reaches_the_method(adapter, clip):
+    inputs = adapter.prepare(clip, "What colour?")
+    method = NeedsAttention()
+    adapter.generate(inputs, clip, method, 0.5, max_new_tokens=2)
+    attn, timestamps, grid = method.seen
+    assert grid == (4, 4) and attn.shape == (16, 16)
+    # Bilinear 8x8 -> 4x4 averages 2x2 blocks of probabilities that sum to 1 over 64 patches.
+    torch.testing.assert_close(attn.sum(-1), torch.full((16,), 0.25), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(timestamps, torch.as_tensor(clip.timestamps, dtype=torch.float32))
+
+
+def test_in_llm_methods_are_refused_not_ignored(adapter, clip):
+    @dataclass
+    class InLLM(KeepFirstPerFrame):
+        stage = "in_llm"
+
+    with pytest.raises(NotImplementedError, match="inside the LLM"):
+        adapter.generate(adapter.prepare(clip, "q"), clip, InLLM(), 0.5)
+
+
+def test_tiny_qwen2_5_vl_builds_and_generates(tmp_path):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    path = ensure_tiny_checkpoint("qwen2_5_vl", tmp_path / "q")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).eval()
+    proc = AutoProcessor.from_pretrained(path)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What colour?"}]}]
+    text = proc.apply_chat_template(messages, add_generation_prompt=True)
+    video = np.random.RandomState(0).randint(0, 255, (8, 112, 84, 3), dtype=np.uint8)
+    inputs = proc(text=text, videos=[video], return_tensors="pt", videos_kwargs={"do_sample_frames": False})
+    assert inputs["video_grid_thw"].tolist() == [[4, 8, 6]]
+    assert (inputs["input_ids"] == model.config.video_token_id).sum() == 4 * 8 * 6 // 4
+    out = model.generate(**inputs, min_new_tokens=3, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3

@@ -1,0 +1,101 @@
+"""Config composition: every model x method x task composes into the typed schema; bad input fails clearly."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf, open_dict
+
+import tango.config  # noqa: F401
+from tango.methods import METHODS, PruningMethod
+
+from conftest import ROOT, run_cli
+
+CONFIGS = ROOT / "configs"
+pytestmark = pytest.mark.config
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def load(overrides=()):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # the paths interpolate ${hydra:runtime.cwd}
+        with open_dict(cfg):
+            del cfg["hydra"]
+        OmegaConf.resolve(cfg)
+        return cfg
+
+
+def test_groups_are_complete():
+    assert set(choices("method")) == set(METHODS) == {"none", "tango", "fastv", "visionzip", "dycoke"}
+    assert {"tiny_llava_ov", "tiny_qwen2_5_vl", "llava_ov", "llava_video", "qwen2_5_vl"} <= set(choices("model"))
+    assert {"synthetic", "videomme", "mlvu", "longvideobench", "mvbench"} <= set(choices("task"))
+
+
+@pytest.mark.parametrize("model,method", list(itertools.product(choices("model"), choices("method"))))
+def test_compose_every_model_and_method(model, method):
+    for task in choices("task"):
+        cfg = load([f"model={model}", f"method={method}", f"task={task}", "budget=0.25"])
+        assert cfg.model.name == model and cfg.task.name == task
+        obj = OmegaConf.to_object(cfg.method)
+        assert isinstance(obj, METHODS[method]) and isinstance(obj, PruningMethod) and obj.name == method
+        budget = "1" if method == "none" else "0.25"
+        assert cfg.run_key == f"{model}__{method}__b{budget}__{task}__s0"
+
+
+def test_default_is_the_embedded_run():
+    cfg = load()
+    assert (cfg.model.name, cfg.task.name, cfg.budget) == ("tiny_llava_ov", "synthetic", 0.1)
+    assert cfg.model.tiny and cfg.task.synthetic is not None
+    assert cfg.logger.csv.path.endswith("results.csv") and cfg.logger.wandb.mode in ("offline", "disabled", "online")
+
+
+def test_real_models_point_at_their_hub_ids():
+    expected = {"llava_ov": ("llava-hf/llava-onevision-qwen2-7b-ov-hf", 32),
+                "llava_video": ("llava-hf/LLaVA-Video-7B-Qwen2-hf", 64),
+                "qwen2_5_vl": ("Qwen/Qwen2.5-VL-7B-Instruct", 64)}
+    for name, (hub_id, frames) in expected.items():
+        m = load([f"model={name}"]).model
+        assert (m.pretrained, m.num_frames, m.tiny) == (hub_id, frames, False)
+    assert load(["model=qwen2_5_vl"]).model.fps == 2.0
+
+
+def test_limit_goes_into_the_run_key():
+    assert load(["limit=5", "seed=3"]).run_key.endswith("__s3__limit5")
+
+
+@pytest.mark.parametrize("override,exc", [
+    ("method=nope", MissingConfigException), ("model=nope", MissingConfigException),
+    ("task=nope", MissingConfigException), ("budget=abc", ConfigCompositionException),
+    ("model.num_frames=many", ConfigCompositionException), ("method.no_such_field=1", ConfigCompositionException),
+    ("model.no_such_field=1", ConfigCompositionException)])
+def test_bad_overrides_fail_at_compose_time(override, exc):
+    with pytest.raises(exc):
+        load([override])
+
+
+def test_unknown_choice_lists_the_valid_ones():
+    with pytest.raises(MissingConfigException) as e:
+        load(["method=nope"])
+    for name in METHODS:
+        assert name in str(e.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["budget=1.5"], "budget=1.5 is outside the valid range (0, 1]"),
+    (["budget=0"], "budget=0.0 is outside the valid range (0, 1]"),
+    (["method=nope"], "Available options in 'method'"),
+    (["model=nope"], "Available options in 'model'"),
+])
+def test_cli_fails_fast_with_a_clear_message(args, message, run_env):
+    proc = run_cli(args, run_env, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert not (Path(run_env["TANGO_RESULTS"]) / "runs").exists() or not any(
+        (Path(run_env["TANGO_RESULTS"]) / "runs").glob("*/record.json"))

@@ -1,0 +1,62 @@
+"""`python run.py` end to end on the embedded default: record, samples, CSV row, W&B offline run; resume; failure."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from wandb_offline import find_offline_run, read_run
+
+pytestmark = pytest.mark.e2e
+SMALL = ["task.synthetic.num_videos=8"]
+
+
+def test_default_run_writes_record_csv_and_wandb(run_env):
+    proc = run_cli(SMALL, run_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = Path(run_env["TANGO_RESULTS"])
+    (run_dir,) = [p for p in (results / "runs").iterdir() if p.is_dir()]
+    assert run_dir.name.startswith("tiny_llava_ov__") and run_dir.name.endswith("__synthetic__s0")
+    assert str(run_dir) in proc.stdout and "accuracy" in proc.stdout
+
+    record = json.loads((run_dir / "record.json").read_text())
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert record["status"] == "ok" and record["n_samples"] == len(samples) == 8
+    assert record["model"] == "tiny_llava_ov" and record["task"] == "synthetic"
+    assert 0.0 <= record["accuracy"] <= 100.0
+    assert record["accuracy"] == pytest.approx(100 * sum(s["acc"] for s in samples) / 8)
+    assert record["visual_tokens_in"] == 16 * 16  # 16 frames x 4x4 pooled tokens
+    assert record["visual_tokens_out"] == pytest.approx(sum(s["tokens_out"] for s in samples) / 8)
+    assert record["retention"] == pytest.approx(record["visual_tokens_out"] / record["visual_tokens_in"])
+    assert record["ttft_ms"] > 0 and record["transformers"] == "5.23.0"
+    assert {s["question_type"] for s in samples} >= {"color", "direction"}
+    assert (run_dir / "config.yaml").exists()
+
+    csv = pd.read_csv(results / "results.csv")
+    assert list(csv.run_key) == [run_dir.name] and csv.accuracy[0] == pytest.approx(record["accuracy"])
+
+    wb = read_run(find_offline_run(run_dir))
+    assert wb["exit_code"] == 0 and wb["run"]["name"] == run_dir.name
+    assert wb["config"]["model"]["name"] == "tiny_llava_ov"
+    assert wb["summary"]["accuracy"] == pytest.approx(record["accuracy"])
+    assert wb["summary"]["visual_tokens_out"] == pytest.approx(record["visual_tokens_out"])
+    assert any(row.get("ttft_ms") == pytest.approx(record["ttft_ms"]) for row in wb["history"])
+    (table,) = run_dir.glob("wandb/offline-run-*/files/media/table/samples_*.table.json")
+    assert len(json.loads(table.read_text())["data"]) == 8
+
+    # A second call finds the record and does not redo the work; the CSV keeps one row.
+    again = run_cli(SMALL, run_env)
+    assert again.returncode == 0 and "already done" in again.stdout
+    assert len(pd.read_csv(results / "results.csv")) == 1
+
+
+def test_failed_run_is_recorded_and_retried(run_env, tmp_path):
+    args = [*SMALL, "method=none", "model.tiny=false", f"model.pretrained={tmp_path}/no_such_checkpoint"]
+    proc = run_cli(args, run_env)
+    assert proc.returncode != 0
+    results = Path(run_env["TANGO_RESULTS"])
+    csv = pd.read_csv(results / "results.csv")
+    assert len(csv) == 1 and csv.status[0] == "failed" and "no_such_checkpoint" in csv.error[0]
+    assert not list(results.glob("runs/*/record.json"))  # not marked done: the next call retries
