@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-RECORD, SAMPLES, CONFIG = "record.json", "samples.jsonl", "config.yaml"
+RECORD, SAMPLES, CONFIG, FAILED = "record.json", "samples.jsonl", "config.yaml", "failed.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -3,7 +3,8 @@ plus a CSV row and a W&B run.
 
 Reads top to bottom: validate -> skip if done -> seed -> task data -> adapter + method -> lmms-eval -> record ->
 sinks. A finished run (its record.json exists) is skipped unless ``force=true``; a failed run leaves a ``failed``
-row in the CSV and no record, so the next call retries it.
+row in the CSV and ``failed.json`` but no record, so the next call retries it (``fail_fast=false`` returns instead
+of raising, so a sweep goes on).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import resource
 import subprocess
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -22,9 +24,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tango.loggers import build_sinks
+from tango.loggers import CsvSink, build_sinks
 from tango.methods.base import check_budget
-from tango.records import CONFIG, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
+from tango.records import CONFIG, FAILED, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
 
 WARMUP_REQUESTS = 1  # the first request pays one-off costs (allocator, kernels); excluded from latency medians
 LATENCY_KEYS = ("vision_ms", "attention_ms", "pruning_ms", "llm_prefill_ms", "ttft_ms", "decode_tok_s")
@@ -51,10 +53,16 @@ def run(cfg: DictConfig) -> float | None:
     except Exception as e:
         failed = {**_identity(cfg, method, budget), "status": "failed", "error": f"{type(e).__name__}: {e}",
                   "wall_s": time.time() - t0}
+        write_json(run_dir / FAILED, failed)
         for sink in sinks:
-            if sink.__class__.__name__ == "CsvSink":
+            if isinstance(sink, CsvSink):
                 sink.log(failed, [], config, run_dir)
-        raise
+        if cfg.fail_fast:
+            raise
+        traceback.print_exc()
+        print(f"[tango] {cfg.run_key}: FAILED ({failed['error']}); recorded in {run_dir / FAILED}", flush=True)
+        return None
+    (run_dir / FAILED).unlink(missing_ok=True)
     record["wall_s"] = time.time() - t0
     write_jsonl(run_dir / SAMPLES, samples)
     write_json(run_dir / RECORD, record)

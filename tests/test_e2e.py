@@ -60,3 +60,10 @@ def test_failed_run_is_recorded_and_retried(run_env, tmp_path):
     csv = pd.read_csv(results / "results.csv")
     assert len(csv) == 1 and csv.status[0] == "failed" and "no_such_checkpoint" in csv.error[0]
     assert not list(results.glob("runs/*/record.json"))  # not marked done: the next call retries
+    (failed,) = results.glob("runs/*/failed.json")
+    assert "no_such_checkpoint" in json.loads(failed.read_text())["error"]
+
+    # In a sweep (fail_fast=false) the failure is recorded the same way but the process exits 0 so others go on.
+    proc = run_cli([*args, "fail_fast=false"], run_env)
+    assert proc.returncode == 0 and "FAILED" in proc.stdout
+    assert len(pd.read_csv(results / "results.csv")) == 1
