@@ -29,7 +29,9 @@ from tango.methods.base import check_budget
 from tango.records import CONFIG, FAILED, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
 
 WARMUP_REQUESTS = 1  # the first request pays one-off costs (allocator, kernels); excluded from latency medians
-LATENCY_KEYS = ("vision_ms", "attention_ms", "pruning_ms", "llm_prefill_ms", "ttft_ms", "decode_tok_s")
+LATENCY_KEYS = ("vision_ms", "attention_ms", "pruning_ms", "llm_prefill_ms", "ttft_ms", "decode_tok_s",
+                "achieved_tflop_s")
+FLOPS_KEYS = ("tflops_vision", "tflops_projector", "tflops_llm", "tflops_prefill")  # analytical, mean per request
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -122,6 +124,9 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
     record["retention"] = float(np.sum(tout) / np.sum(tin)) if tin and np.sum(tin) else None
     for k in LATENCY_KEYS:
         record.update(summarize([s.get(k) for s in samples], k, warmup=WARMUP_REQUESTS))
+    for k in FLOPS_KEYS:
+        vals = [s[k] for s in samples if s.get(k) is not None]
+        record[k] = float(np.mean(vals)) if vals else None
     record["latency_warmup_requests"] = WARMUP_REQUESTS
     if device.type == "cuda":
         record["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -196,6 +201,7 @@ def _print_summary(record: dict, run_dir: Path, cfg: DictConfig) -> None:
           f"(retention {f(record['retention'], '.3f')})\n"
           f"  ttft median     {f(record['ttft_ms'])} ms  (vision {f(record['vision_ms'])}, pruning "
           f"{f(record['pruning_ms'])}, LLM prefill {f(record['llm_prefill_ms'])})\n"
+          f"  prefill FLOPs   {f(record['tflops_prefill'], '.4g')} TFLOPs (LLM {f(record['tflops_llm'], '.4g')})\n"
           f"  run dir         {run_dir}\n"
           + (f"  csv             {cfg.logger.csv.path}\n" if cfg.logger.get("csv") is not None else ""),
           file=sys.stdout, flush=True)

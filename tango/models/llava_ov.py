@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from tango.flops import llava_ov_prefill_flops
 from tango.methods.base import PruningMethod
 from tango.models.base import Generation, resolve_dtype
 from tango.timing import Stopwatch
@@ -137,5 +138,10 @@ class LlavaOneVision:
             "ttft_ms": ms["ttft"],
             "decode_tok_s": (new_tokens - 1) / (ms["decode"] / 1e3) if new_tokens > 1 and ms["decode"] > 0 else None,
         }
+        flops = llava_ov_prefill_flops(self.model.config, n, int(ids.shape[1]),
+                                       with_head=getattr(self.model.model.vision_tower, "head", None) is not None)
+        stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
+        stats["tflops_prefill"] = sum(flops.values()) / 1e12
+        stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
         stats.update({f"method/{k}": v for k, v in sel.stats.items() if k not in ("tokens_in", "tokens_out")})
         return Generation(text=text.strip(), stats=stats)
