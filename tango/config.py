@@ -8,6 +8,7 @@ compose time. Method schemas are the method dataclasses themselves (``tango.meth
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -98,6 +99,27 @@ def run_key(cfg: Any) -> str:
     budget = 1.0 if cfg.method.name == "none" else float(cfg.budget)
     key = f"{cfg.model.name}__{cfg.method.name}__b{budget:g}__{cfg.task.name}__s{cfg.seed}"
     return key + (f"__limit{cfg.limit}" if cfg.limit is not None else "")
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The resolved config for ``overrides`` (as on the command line), outside a Hydra app (tests, lmms-eval CLI)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # paths interpolate ${hydra:runtime.cwd}
+        with open_dict(cfg):
+            del cfg["hydra"]
+        OmegaConf.resolve(cfg)
+    return cfg
 
 
 def register() -> None:

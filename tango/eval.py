@@ -7,6 +7,8 @@ keyed by ``(task, doc_id)``, outside lmms-eval's own timers.
 
 from __future__ import annotations
 
+import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from lmms_eval.api.model import lmms
@@ -63,3 +65,64 @@ class PrunedVideoLM(lmms):
     def clean(self):
         # lmms-eval's default deletes every nn.Module attribute; keep the model loaded for the next task or budget.
         pass
+
+
+class HarnessLM(PrunedVideoLM):
+    """Built from harness config overrides, for the lmms-eval CLI:
+    ``python -m lmms_eval --model tango_harness --model_args model=llava_ov,method=tango,budget=0.1 --tasks ...``.
+    Any other ``key=value`` in ``model_args`` is passed on as a config override (e.g. ``model.num_frames=16``)."""
+
+    def __init__(self, model: str = "tiny_llava_ov", method: str = "none", budget: float = 1.0,
+                 device: str = "auto", batch_size: int | str = 1, **overrides):
+        from omegaconf import OmegaConf
+
+        from tango.config import compose
+        from tango.models.base import resolve_device
+        from tango.runner import build_lm
+
+        if int(batch_size) != 1:
+            raise ValueError(f"batch_size={batch_size}; the harness answers requests one at a time (valid: 1)")
+        cfg = compose([f"model={model}", f"method={method}", f"budget={budget}", f"device={device}",
+                       *(f"{k}={v}" for k, v in overrides.items())])
+        m = OmegaConf.to_object(cfg.method)
+        lm = build_lm(cfg, m, 1.0 if m.name == "none" else check_budget(cfg.budget), resolve_device(cfg.device))
+        self.__dict__.update(lm.__dict__)
+
+
+#: lmms-eval entry point (pyproject: [project.entry-points."lmms_eval.models"]).
+def manifests():
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [ModelManifest(model_id="tango_harness", simple_class_path="tango.eval.HarnessLM")]
+
+
+def missing_videos(task_names: list[str], task_manager, limit: int | None = None) -> list[str]:
+    """Video paths the first ``limit`` docs of the tasks will ask for that are not on disk.
+
+    Built-in video tasks call ``sys.exit`` from ``doc_to_visual`` when a file is missing; that is caught and
+    reported here, before a run starts, instead of ending the process mid-run."""
+    from lmms_eval.tasks import get_task_dict
+
+    def leaves(d):
+        for v in d.values():
+            yield from (leaves(v) if isinstance(v, dict) else [v])
+
+    missing = []
+    for task in leaves(get_task_dict(task_names, task_manager)):
+        for doc in itertools.islice(task.eval_docs, limit):
+            try:
+                visuals = task.doc_to_visual(doc)
+            except SystemExit as e:  # lmms-eval's video tasks exit on a missing file
+                missing.append(str(e))
+                continue
+            missing += [v for v in visuals if isinstance(v, str) and not os.path.exists(v)]
+    return missing
+
+
+def check_videos(task_names: list[str], task_manager, limit: int | None = None) -> None:
+    """Raise ``FileNotFoundError`` listing the missing videos (the first 20 and the count)."""
+    missing = missing_videos(task_names, task_manager, limit)
+    if missing:
+        shown = "\n  ".join(missing[:20])
+        raise FileNotFoundError(f"{len(missing)} video(s) of {task_names} are missing"
+                                f"{' (first 20 shown)' if len(missing) > 20 else ''}:\n  {shown}")

@@ -78,8 +78,8 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from tango.eval import PrunedVideoLM
-    from tango.models.base import load_adapter, resolve_device
+    from tango.eval import check_videos
+    from tango.models.base import resolve_device
 
     _seed_everything(cfg.seed)
     task = cfg.task
@@ -87,15 +87,12 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
         from tango.data.synthetic import ensure_synthetic_task
 
         ensure_synthetic_task(task.include_path, task_name=task.lmms_task, **OmegaConf.to_container(task.synthetic))
+    tm = TaskManager(include_path=task.include_path) if task.include_path else TaskManager()
+    check_videos([task.lmms_task], tm, cfg.limit)
     device = resolve_device(cfg.device)
-    m = cfg.model
-    adapter = load_adapter(m.family, pretrained=m.pretrained, device=device, dtype=m.dtype,
-                           attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed)
-    lm = PrunedVideoLM(adapter, method, budget, num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend,
-                       max_new_tokens=m.max_new_tokens)
+    lm = build_lm(cfg, method, budget, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tm = TaskManager(include_path=task.include_path) if task.include_path else TaskManager()
     results = simple_evaluate(model=lm, tasks=[task.lmms_task], task_manager=tm, limit=cfg.limit,
                               bootstrap_iters=0, log_samples=True, random_seed=cfg.seed,
                               numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
@@ -134,6 +131,18 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
     record["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         platform.processor() or platform.machine())
     return record, samples
+
+
+def build_lm(cfg: DictConfig, method, budget: float, device: torch.device):
+    """The lmms-eval model for ``cfg``: the model's adapter + ``method`` at ``budget``."""
+    from tango.eval import PrunedVideoLM
+    from tango.models.base import load_adapter
+
+    m = cfg.model
+    adapter = load_adapter(m.family, pretrained=m.pretrained, device=device, dtype=m.dtype,
+                           attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed)
+    return PrunedVideoLM(adapter, method, budget, num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend,
+                         max_new_tokens=m.max_new_tokens)
 
 
 def _accuracy(results: dict, task) -> tuple[float | None, float | None]:

@@ -67,3 +67,39 @@ def test_failed_run_is_recorded_and_retried(run_env, tmp_path):
     proc = run_cli([*args, "fail_fast=false"], run_env)
     assert proc.returncode == 0 and "FAILED" in proc.stdout
     assert len(pd.read_csv(results / "results.csv")) == 1
+
+
+def test_missing_videos_fail_before_the_run_with_their_list(run_env, tmp_path):
+    from lmms_eval.tasks import TaskManager
+
+    from tango.data.synthetic import ensure_synthetic_task
+    from tango.eval import check_videos
+
+    task_dir = ensure_synthetic_task(tmp_path / "task", num_videos=4, num_frames=4, size=64)
+    docs = [json.loads(line) for line in (task_dir / "test.jsonl").read_text().splitlines()]
+    Path(docs[2]["video"]).unlink()
+    tm = TaskManager(include_path=str(task_dir))
+    check_videos(["tango_synthetic"], tm, limit=2)  # the first two docs are complete
+    with pytest.raises(FileNotFoundError, match="1 video") as e:
+        check_videos(["tango_synthetic"], tm)
+    assert docs[2]["video"] in str(e.value)
+
+
+def test_lmms_eval_cli_finds_the_harness_model(run_env, tmp_path):
+    """The entry point makes `python -m lmms_eval --model tango_harness` build the harness model by config name."""
+    import subprocess
+    import sys
+
+    from tango.data.synthetic import ensure_synthetic_task
+
+    task_dir = ensure_synthetic_task(tmp_path / "task", num_videos=4, num_frames=8, size=64)
+    out = tmp_path / "lmms_out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmms_eval", "--model", "tango_harness",
+         "--model_args", "model=tiny_llava_ov,method=none,model.num_frames=4", "--tasks", "tango_synthetic",
+         "--include_path", str(task_dir), "--limit", "2", "--batch_size", "1", "--output_path", str(out)],
+        env=run_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tango_harness" in proc.stdout and "|tango_synthetic|" in proc.stdout.replace(" ", "")
+    (results,) = out.rglob("*_results.json")
+    assert json.loads(results.read_text())["results"]["tango_synthetic"]["acc,none"] in (0.0, 0.5, 1.0)
