@@ -63,6 +63,10 @@ class PruningMethod:
     stage: ClassVar[str] = "pre_llm"
     #: True when ``prune`` needs the attention/saliency score ``attn``.
     needs_attention: ClassVar[bool] = False
+    #: Which vision-side signal the adapter computes as ``attn`` (and ``metric``): ``"pooling_head"`` (the SigLIP
+    #: attention-pooling head's probe attention, Tango/FastVID) or ``"last_layer"`` (attention received in the last
+    #: vision layer, with that layer's keys as ``metric``, VisionZip). Ignored unless ``needs_attention``.
+    attention_source: ClassVar[str] = "pooling_head"
 
     def prune(
         self,

@@ -58,29 +58,41 @@ class LlavaOneVision:
         return {k: v.to(self.device) for k, v in inputs.items()}
 
     @contextmanager
-    def _capture_head_attention(self, enabled: bool):
-        """Yield a dict that receives ``attn [F, Hp*Wp]`` (probe attention averaged over heads) while the tower runs."""
+    def _capture_attention(self, source: str | None):
+        """While the tower runs, capture the method's attention source into the yielded dict: ``attn [F, Np]``
+        (and ``metric [F, Np, head_dim]`` for ``last_layer``), ``Np`` = patches per frame."""
         captured: dict[str, torch.Tensor] = {}
-        if not enabled:
+        tower = self.model.model.vision_tower
+        if source is None:
             yield captured
             return
-        head = getattr(self.model.model.vision_tower, "head", None)
-        if head is None:
-            raise NotImplementedError(
-                "this method needs the SigLIP attention-pooling head as its attention source, and this checkpoint's "
-                "vision tower has none; loading the head from google/siglip-so400m-patch14-384 is not implemented "
-                "yet (model-adapter issue)")
-        handle = head.attention.register_forward_hook(lambda mod, args, out: captured.__setitem__("attn", out[1][:, 0]))
+        if source == "pooling_head":
+            head = getattr(tower, "head", None)
+            if head is None:
+                raise NotImplementedError(
+                    "this method needs the SigLIP attention-pooling head as its attention source, and this "
+                    "checkpoint's vision tower has none; loading the head from google/siglip-so400m-patch14-384 is "
+                    "not implemented yet (model-adapter issue)")
+            # nn.MultiheadAttention returns weights averaged over heads: [F, 1, Np].
+            handle = head.attention.register_forward_hook(
+                lambda mod, args, out: captured.__setitem__("attn", out[1][:, 0]))
+        elif source == "last_layer":
+            handle = tower.encoder.layers[-1].self_attn.register_forward_hook(
+                lambda mod, args, kwargs, out: captured.update(_received_attention(mod, kwargs["hidden_states"])),
+                with_kwargs=True)
+        else:
+            raise ValueError(f"attention source {source!r}; valid: 'pooling_head', 'last_layer'")
         try:
             yield captured
         finally:
             handle.remove()
 
-    def _pool_like_features(self, attn: torch.Tensor) -> torch.Tensor:
-        """``[F, Hp*Wp]`` patch scores -> ``[F, L]`` pooled with the same bilinear resize as the features."""
-        f = attn.shape[0]
-        a = attn.view(f, 1, *self.patch_grid).float()
-        return F.interpolate(a, size=list(self.grid), mode="bilinear").view(f, -1)
+    def _pool_like_features(self, t: torch.Tensor) -> torch.Tensor:
+        """``[F, Hp*Wp(, C)]`` per-patch values -> ``[F, L(, C)]``, with the features' bilinear resize."""
+        f = t.shape[0]
+        c = t.view(f, *self.patch_grid, -1).permute(0, 3, 1, 2).float()
+        pooled = F.interpolate(c, size=list(self.grid), mode="bilinear").flatten(2).transpose(1, 2)
+        return pooled[..., 0] if t.dim() == 2 else pooled
 
     @torch.inference_mode()
     def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
@@ -90,14 +102,16 @@ class LlavaOneVision:
                                       "hooks are not wired into this adapter yet (model-adapter issue)")
         sw = Stopwatch(self.device)
         t_start = sw.now()
-        with self._capture_head_attention(method.needs_attention) as cap, sw("vision"):
+        source = method.attention_source if method.needs_attention else None
+        with self._capture_attention(source) as cap, sw("vision"):
             video = self.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"]).pooler_output[0]
         n = inputs["pixel_values_videos"].shape[1]
         x, newline = video[:-1].view(n, -1, video.shape[-1]), video[-1:]
         attn = self._pool_like_features(cap["attn"]) if "attn" in cap else None
+        metric = self._pool_like_features(cap["metric"]) if "metric" in cap else None
         timestamps = torch.as_tensor(clip.timestamps, dtype=torch.float32, device=self.device)
         with sw("pruning"):
-            sel = method.prune(x, budget=budget, attn=attn, timestamps=timestamps, grid=self.grid)
+            sel = method.prune(x, budget=budget, attn=attn, timestamps=timestamps, grid=self.grid, metric=metric)
         visual = torch.cat([sel.tokens.to(video.dtype), newline])
         ids = inputs["input_ids"]
         is_video = ids[0] == self.video_token_id
@@ -145,3 +159,23 @@ class LlavaOneVision:
         stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
         stats.update({f"method/{k}": v for k, v in sel.stats.items() if k not in ("tokens_in", "tokens_out")})
         return Generation(text=text.strip(), stats=stats)
+
+
+def _received_attention(attn_mod, hidden: torch.Tensor, chunk: int = 8) -> dict[str, torch.Tensor]:
+    """Attention each patch receives in a SigLIP attention layer, averaged over heads and queries, recomputed from
+    the layer's own q/k projections so the tower keeps its fast kernel (no eager switch).
+
+    Args:
+        hidden: ``[F, Np, C]`` the layer's input (after ``layer_norm1``).
+    Returns:
+        ``attn [F, Np]`` and ``metric [F, Np, head_dim]`` (keys averaged over heads).
+    """
+    f, n, _ = hidden.shape
+    h, hd = attn_mod.num_heads, attn_mod.head_dim
+    q = attn_mod.q_proj(hidden).view(f, n, h, hd).transpose(1, 2)
+    k = attn_mod.k_proj(hidden).view(f, n, h, hd).transpose(1, 2)
+    # Frames in chunks: the full [F, H, Np, Np] fp32 weights are ~1 GB at 32 frames x 16 heads x 729 patches.
+    received = torch.cat([
+        torch.softmax((qc @ kc.transpose(-1, -2)).float() * attn_mod.scale, dim=-1).mean(dim=(1, 2))
+        for qc, kc in zip(q.split(chunk), k.split(chunk))])
+    return {"attn": received, "metric": k.mean(1)}

@@ -33,8 +33,10 @@ class NeedsAttention(KeepFirstPerFrame):
     needs_attention = True
     seen: tuple = ()
 
+    seen_metric: object = None
+
     def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None):
-        self.seen = (attn, timestamps, grid)
+        self.seen, self.seen_metric = (attn, timestamps, grid), metric
         return super().prune(x, budget=budget)
 
 
@@ -105,6 +107,29 @@ def test_attention_source_reaches_the_method(adapter, clip):
     # Bilinear 8x8 -> 4x4 averages 2x2 blocks of probabilities that sum to 1 over 64 patches.
     torch.testing.assert_close(attn.sum(-1), torch.full((16,), 0.25), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(timestamps, torch.as_tensor(clip.timestamps, dtype=torch.float32))
+
+
+def test_last_layer_attention_matches_eager(adapter, clip):
+    """VisionZip's source: attention received in the last SigLIP layer, recomputed under SDPA, equals the eager
+    model's own attention weights (mean over heads and queries); keys come from the same layer."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    @dataclass
+    class LastLayer(NeedsAttention):
+        attention_source = "last_layer"
+
+    inputs = adapter.prepare(clip, "q")
+    method = LastLayer()
+    adapter.generate(inputs, clip, method, 0.5, max_new_tokens=1)
+    attn, metric = method.seen[0], method.seen_metric
+    eager = LlavaOnevisionForConditionalGeneration.from_pretrained(
+        adapter.model.config._name_or_path, attn_implementation="eager").eval()
+    with torch.inference_mode():
+        pv = inputs["pixel_values_videos"][0]
+        out = eager.model.vision_tower(pv, output_attentions=True)
+    expected = adapter._pool_like_features(out.attentions[-1].mean(dim=(1, 2)))
+    torch.testing.assert_close(attn, expected, rtol=1e-4, atol=1e-6)
+    assert metric.shape == (16, 16, adapter.model.config.vision_config.hidden_size // 2)
 
 
 def test_in_llm_methods_are_refused_not_ignored(adapter, clip):
