@@ -6,6 +6,10 @@ as many video placeholders as kept tokens + the single newline -> ``generate``. 
 contiguously, as LLaVA's own pre-LLM pruning does. With every token kept this is bit-exact with
 ``model.generate(**processor_inputs)`` (tested).
 
+In-LLM methods (FastV) select at decoder layer K from a recomputed attention row and drop positions for layers >= K
+through hooks (``tango.models.inllm``), keeping original positions. ``tokens_layer_avg`` records the visual tokens
+averaged over decoder layers, the quantity ``budget`` means for them.
+
 Attention source for methods that need one (Tango): the SigLIP attention-pooling head's probe attention, averaged
 over heads and pooled like the features. It is read with a forward hook on ``vision_tower.head.attention`` while the
 tower runs; towers without a head (the llava-hf checkpoints) need the head loaded from the SigLIP checkpoint, which
@@ -15,7 +19,7 @@ is part of the model-adapter issue and raises a clear error until then.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from tango.flops import llava_ov_prefill_flops
 from tango.methods.base import PruningMethod
 from tango.models.base import Generation, resolve_dtype
+from tango.models.inllm import drop_tokens_after
 from tango.timing import Stopwatch
 from tango.video import Clip
 
@@ -97,9 +102,14 @@ class LlavaOneVision:
     @torch.inference_mode()
     def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
                  max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
-        if method.stage != "pre_llm":
-            raise NotImplementedError(f"method {method.name!r} acts inside the LLM ({method.stage}); its decoder "
-                                      "hooks are not wired into this adapter yet (model-adapter issue)")
+        layers = self.model.model.language_model.layers
+        if method.stage == "both":
+            raise NotImplementedError(
+                f"method {method.name!r} is configured to act inside the LLM as well (stage 'both': e.g. DyCoke's "
+                "decode-time KV pruning, Tango's LLaVA-Video stage); that stage is not wired into this adapter yet")
+        if method.stage == "in_llm" and method.num_layers != len(layers):
+            raise ValueError(f"method.num_layers={method.num_layers} but this model's decoder has {len(layers)} "
+                             f"layers; set it in configs/model_method/<model>_{method.name}.yaml")
         sw = Stopwatch(self.device)
         t_start = sw.now()
         source = method.attention_source if method.needs_attention else None
@@ -124,10 +134,16 @@ class LlavaOneVision:
         lm = self.model.model.language_model
         marks: list = []
         hook = lm.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
+        span = torch.nonzero(ids[0] == self.video_token_id)[:, 0]
+        n_vis = visual.shape[0] - 1  # the newline closing the span is not a budgeted visual token: always kept
+        in_llm = (drop_tokens_after(layers, method.layer, lambda row: method.select(
+            row, image_start=int(span[0]), image_len=n_vis, budget=budget))
+            if method.stage == "in_llm" else nullcontext({}))
         t_llm = sw.now()
         try:
-            out = self.model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
-                                      max_new_tokens=max_new_tokens, do_sample=False)
+            with in_llm as dropped:
+                out = self.model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                                          max_new_tokens=max_new_tokens, do_sample=False)
         finally:
             hook.remove()
         t_end = sw.now()
@@ -152,7 +168,17 @@ class LlavaOneVision:
             "ttft_ms": ms["ttft"],
             "decode_tok_s": (new_tokens - 1) / (ms["decode"] / 1e3) if new_tokens > 1 and ms["decode"] > 0 else None,
         }
-        flops = llava_ov_prefill_flops(self.model.config, n, int(ids.shape[1]),
+        seq = int(ids.shape[1])
+        if "keep" in dropped:  # in-LLM: layers >= K see the kept positions only
+            kept = int(dropped["keep"].numel())
+            per_layer = [seq] * method.layer + [kept] * (len(layers) - method.layer)
+            vis_layers = [n_vis] * method.layer + [n_vis - (seq - kept)] * (len(layers) - method.layer)
+            stats["tokens_layer_avg"] = sum(vis_layers) / len(vis_layers)
+            stats["tokens_after_layer"] = vis_layers[-1]
+        else:
+            per_layer = seq
+            stats["tokens_layer_avg"] = stats["tokens_out"]
+        flops = llava_ov_prefill_flops(self.model.config, n, per_layer,
                                        with_head=getattr(self.model.model.vision_tower, "head", None) is not None)
         stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
         stats["tflops_prefill"] = sum(flops.values()) / 1e12

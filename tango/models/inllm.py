@@ -1,0 +1,79 @@
+"""In-LLM token dropping on Qwen2-style decoders through module hooks (no patched model code).
+
+At prefill, a forward hook on ``layers[K-1].self_attn`` recomputes one attention row (the last prompt token's query
+against that layer's RoPE'd, cached keys), so every layer keeps its SDPA / FA2 kernel; a selection function turns
+the row into the sequence positions kept from layer ``K`` on. Forward pre-hooks on layers ``>= K`` then slice the
+hidden states (layer ``K``), the RoPE ``(cos, sin)`` and any tensor mask to those positions, so kept tokens keep
+their **original** positions. Layers ``< K`` keep the full KV cache, layers ``>= K`` the pruned one; decoding
+continues from the unpruned length (``generate``'s ``position_ids``). Handles are always removed on exit.
+Batch 1 (the harness answers one request at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+
+def last_token_attention(attn_mod, kwargs: dict) -> Tensor:
+    """``[H, S]`` attention of the last position over all ``S`` positions in ``attn_mod``'s layer, in fp32.
+
+    Called after the layer's forward: its keys (post-RoPE) are already in the cache."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
+
+    hs = kwargs["hidden_states"]
+    cos, sin = kwargs["position_embeddings"]
+    q = attn_mod.q_proj(hs[:, -1:]).view(hs.shape[0], 1, -1, attn_mod.head_dim).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
+    cache = kwargs.get("past_key_values")
+    if cache is not None:
+        k = cache.layers[attn_mod.layer_idx].keys
+    else:  # no cache (use_cache=False): recompute this layer's RoPE'd keys
+        k = attn_mod.k_proj(hs).view(hs.shape[0], hs.shape[1], -1, attn_mod.head_dim).transpose(1, 2)
+        k, _ = apply_rotary_pos_emb(k, k, cos, sin)
+    k = repeat_kv(k, attn_mod.num_key_value_groups)
+    return torch.softmax((q @ k.transpose(-1, -2)).float() * attn_mod.scaling, dim=-1)[0, :, 0]
+
+
+@contextmanager
+def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor]):
+    """Drop sequence positions from decoder layer ``k`` on, chosen at prefill by ``select(row [H, S]) -> keep [S']``
+    (sorted long positions). Yields a dict that receives ``keep`` and ``seq_len`` once prefill has run."""
+    if not 1 <= k < len(layers):
+        raise ValueError(f"in-LLM layer K={k} is outside the valid range [1, {len(layers) - 1}] for this decoder")
+    state: dict = {}
+
+    def on_row(mod, args, kwargs, out):
+        if "keep" not in state:  # the first call of this context is the prefill
+            state["seq_len"] = kwargs["hidden_states"].shape[1]
+            state["keep"] = select(last_token_attention(mod, kwargs))
+
+    def pre(i):
+        def hook(mod, args, kwargs):
+            keep, h = state["keep"], args[0]
+            m = kwargs.get("attention_mask")
+            cache = kwargs.get("past_key_values")
+            if cache is None or cache.get_seq_length(i) == 0:  # prefill of this layer
+                if i == k:
+                    h = h[:, keep]
+                cos, sin = kwargs["position_embeddings"]
+                kwargs["position_embeddings"] = (cos[:, keep], sin[:, keep])
+                kwargs["position_ids"] = None  # only fed to the kernel; sliced ids would look like packed sequences
+                if torch.is_tensor(m):
+                    kwargs["attention_mask"] = m[..., keep, :][..., keep]
+            elif torch.is_tensor(m):  # decode with an explicit mask (eager / padding): drop the pruned KV columns
+                tail = torch.arange(state["seq_len"], m.shape[-1], device=m.device)
+                kwargs["attention_mask"] = m[..., torch.cat([keep, tail])]
+            return (h, *args[1:]), kwargs
+        return hook
+
+    handles = [layers[k - 1].self_attn.register_forward_hook(on_row, with_kwargs=True)]
+    try:
+        handles += [layers[i].register_forward_pre_hook(pre(i), with_kwargs=True) for i in range(k, len(layers))]
+        yield state
+    finally:
+        for h in handles:
+            h.remove()

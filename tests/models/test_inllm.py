@@ -1,0 +1,117 @@
+"""In-LLM dropping through hooks (FastV-style) on the tiny LLaVA-OV decoder, against hand-computed references."""
+
+import numpy as np
+import pytest
+import torch
+
+from tango.models.inllm import drop_tokens_after, last_token_attention
+from tango.models.tiny import ensure_tiny_checkpoint
+
+pytestmark = pytest.mark.tiny
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llava_dir):
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    return LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def embeds(model):
+    torch.manual_seed(0)
+    return torch.randn(1, 40, model.config.text_config.hidden_size)
+
+
+def test_keeping_everything_is_bit_exact(model, embeds):
+    layers = model.model.language_model.layers
+    with torch.inference_mode():
+        ref = model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        with drop_tokens_after(layers, 1, lambda row: torch.arange(row.shape[-1])):
+            got = model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+    assert torch.equal(ref.sequences, got.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(ref.logits, got.logits))
+
+
+def test_the_row_equals_eager_attention(tiny_llava_dir, embeds):
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    eager = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_dir, attn_implementation="eager").eval()
+    rows = {}
+
+    def select(row):
+        rows["row"] = row
+        return torch.arange(row.shape[-1])
+
+    with torch.inference_mode():
+        out = eager(inputs_embeds=embeds, output_attentions=True)
+        with drop_tokens_after(eager.model.language_model.layers, 1, select):
+            eager.generate(inputs_embeds=embeds, max_new_tokens=1, do_sample=False)
+    torch.testing.assert_close(rows["row"], out.attentions[0][0, :, -1].float(), rtol=1e-5, atol=1e-7)
+
+
+def test_dropped_prefill_matches_a_hand_computed_layer(model, embeds):
+    """K=1 on the 2-layer decoder: layer 1 must see exactly the kept rows of layer 0's output, at their original
+    rotary positions, under a causal mask."""
+    from transformers.masking_utils import create_causal_mask
+
+    lm = model.model.language_model
+    keep = torch.tensor([0, 1, 2, 5, 8, 13, 21, 30, 37, 38, 39])
+    with torch.inference_mode():
+        with drop_tokens_after(lm.layers, 1, lambda row: keep):
+            got = model(inputs_embeds=embeds, logits_to_keep=1, use_cache=True).logits
+        with drop_tokens_after(lm.layers, 1, lambda row: keep):
+            no_cache = model(inputs_embeds=embeds, logits_to_keep=1, use_cache=False).logits
+        h0 = lm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[1][:, keep]
+        pos = keep[None]
+        cos, sin = lm.rotary_emb(h0, pos)
+        mask = create_causal_mask(config=lm.config, inputs_embeds=h0, attention_mask=None, past_key_values=None,
+                                  position_ids=torch.arange(len(keep))[None])
+        h1 = lm.layers[1](h0, attention_mask=mask, position_embeddings=(cos, sin), position_ids=pos)
+        h1 = h1[0] if isinstance(h1, tuple) else h1
+        ref = model.lm_head(lm.norm(h1)[:, -1:])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(no_cache, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_after_dropping(model, embeds):
+    from transformers import DynamicCache
+
+    keep = torch.arange(0, 40, 3)
+    if keep[-1] != 39:
+        keep = torch.cat([keep, torch.tensor([39])])
+    cache = DynamicCache(config=model.config.text_config)
+    with torch.inference_mode(), drop_tokens_after(model.model.language_model.layers, 1, lambda row: keep) as state:
+        out = model.generate(inputs_embeds=embeds, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                             past_key_values=cache)
+    assert out.shape == (1, 5) and state["seq_len"] == 40
+    # 4 decode steps were cached after the prefill: layer 0 holds every position, layer 1 only the kept ones.
+    assert cache.get_seq_length(0) == 40 + 4 and cache.get_seq_length(1) == len(keep) + 4
+
+
+def test_bad_layer_is_refused(model):
+    with pytest.raises(ValueError, match="valid range"):
+        with drop_tokens_after(model.model.language_model.layers, 2, lambda row: row):
+            pass
+
+
+def test_fastv_through_the_adapter_keeps_the_layer_averaged_budget(tiny_llava_dir):
+    from omegaconf import OmegaConf
+
+    from tango.config import compose
+    from tango.models.base import load_adapter
+    from tango.video import Clip
+
+    adapter = load_adapter("llava_ov", pretrained=str(tiny_llava_dir), device=torch.device("cpu"), dtype="float32")
+    frames = np.random.RandomState(1).randint(0, 255, (16, 112, 112, 3), dtype=np.uint8)
+    clip = Clip(frames, np.arange(16), np.arange(16) / 8.0, 8.0, 16)
+    method = OmegaConf.to_object(compose(["method=fastv", "budget=0.6"]).method)
+    assert (method.layer, method.num_layers) == (1, 2)  # configs/model_method/tiny_llava_ov_fastv.yaml
+    gen = adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.6, max_new_tokens=2)
+    keep = round(256 * (2 * 0.6 - 1) / (2 - 1))  # f = (L r - K) / (L - K)
+    assert gen.stats["tokens_out"] == 256 and gen.stats["tokens_after_layer"] == keep
+    assert gen.stats["tokens_layer_avg"] == (256 + keep) / 2
+    with pytest.raises(ValueError, match="infeasible"):
+        adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.4, max_new_tokens=1)
