@@ -90,6 +90,7 @@ class Config:
     limit: Optional[int] = None           # evaluate only the first `limit` documents
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     force: bool = False                   # re-run even if the run's record.json exists
+    dry_run: bool = False                 # print what the run would do (task, frames, paths) and exit
     fail_fast: bool = True                # False: a failing run is recorded as failed and returns None (sweeps go on)
     run_key: str = "${run_key:}"          # <model>__<method>__b<budget>__<task>__s<seed>[__limit<n>]
 

@@ -30,13 +30,17 @@ class PrunedVideoLM(lmms):
         self.request_stats: dict[tuple[str, int], dict] = {}
 
     def _load(self, request):
+        """Decode and preprocess one request; a broken video becomes a recorded per-sample error, not a crash."""
         ctx, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
         if len(visuals) != 1 or not isinstance(visuals[0], str):
             raise ValueError(f"{task} doc {doc_id}: expected exactly one video path from doc_to_visual, got "
                              f"{[type(v).__name__ for v in visuals]}")
-        clip = read_clip(visuals[0], self.num_frames, backend=self.video_backend, fps=self.fps)
-        return clip, self.adapter.prepare(clip, ctx)
+        try:
+            clip = read_clip(visuals[0], self.num_frames, backend=self.video_backend, fps=self.fps)
+            return clip, self.adapter.prepare(clip, ctx), None
+        except Exception as e:  # unreadable / empty video: decoders raise many types
+            return None, None, f"{type(e).__name__}: {e} ({visuals[0]})"
 
     def generate_until(self, requests) -> list[str]:
         answers = []
@@ -44,10 +48,15 @@ class PrunedVideoLM(lmms):
             pending = pool.submit(self._load, requests[0]) if requests else None
             for i, req in enumerate(tqdm(requests, desc=f"{self.method.name} b={self.budget:g}",
                                          disable=not self.progress)):
-                clip, inputs = pending.result()
+                clip, inputs, error = pending.result()
                 if i + 1 < len(requests):
                     pending = pool.submit(self._load, requests[i + 1])
                 ctx, gen_kwargs, _, doc_id, task, split = req.args
+                if error is not None:
+                    tqdm.write(f"[tango] {task} doc {doc_id}: skipped, {error}")
+                    self.request_stats[(task, doc_id)] = {"order": i, "error": error}
+                    answers.append("")  # scored as wrong by the task; the error is in samples.jsonl and the record
+                    continue
                 gen = self.adapter.generate(
                     inputs, clip, self.method, self.budget,
                     max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),

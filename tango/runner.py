@@ -9,6 +9,7 @@ of raising, so a sweep goes on).
 
 from __future__ import annotations
 
+import json
 import platform
 import random
 import resource
@@ -41,6 +42,8 @@ def run(cfg: DictConfig) -> float | None:
     if method.name == "none":
         budget = 1.0
     run_dir = Path(cfg.paths.results_dir) / "runs" / cfg.run_key
+    if cfg.dry_run:
+        return _print_plan(cfg, method, budget, run_dir)
     done = read_record(run_dir)
     if done is not None and done.get("status") == "ok" and not cfg.force:
         print(f"[tango] {cfg.run_key}: already done ({run_dir / RECORD}); pass force=true to re-run")
@@ -112,7 +115,8 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
     samples.sort(key=lambda r: r.get("order", 0))
 
     record = {**_identity(cfg, method, budget), "status": "ok", "error": None,
-              "accuracy": accuracy, "metric": task.metric, "metric_raw": raw, "n_samples": len(samples)}
+              "accuracy": accuracy, "metric": task.metric, "metric_raw": raw, "n_samples": len(samples),
+              "n_sample_errors": sum(1 for s in samples if s.get("error"))}
     record.update(_per_type_accuracy(samples, task.metric, task.metric_scale))
     tin = [s["tokens_in"] for s in samples if "tokens_in" in s]
     tout = [s["tokens_out"] for s in samples if "tokens_out" in s]
@@ -177,10 +181,15 @@ def _identity(cfg: DictConfig, method, budget: float) -> dict:
         "lmms_task": cfg.task.lmms_task, "seed": cfg.seed, "limit": cfg.limit,
         "num_frames": m.num_frames, "fps": m.fps, "dtype": m.dtype, "attn_implementation": m.attn_implementation,
         "video_backend": m.video_backend, "prompt_variant": m.prompt_variant,
-        "method_hparams": OmegaConf.to_yaml(cfg.method).strip().replace("\n", "; "),
+        "method_hparams": _hparams(cfg),
         **_versions(cfg.paths.root_dir),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _hparams(cfg: DictConfig) -> str:
+    """The method's hyperparameters as one JSON line (a CSV cell)."""
+    return json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True)
 
 
 def _versions(root: str) -> dict:
@@ -199,6 +208,23 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _print_plan(cfg: DictConfig, method, budget: float, run_dir: Path) -> None:
+    m, t = cfg.model, cfg.task
+    frames = f"{m.num_frames} uniform" if m.fps is None else f"{m.fps:g} fps, at most {m.num_frames}"
+    print(f"[tango] dry run: {cfg.run_key}\n"
+          f"  model           {m.name} ({m.family}) from {m.pretrained}{' [tiny, built offline]' if m.tiny else ''}\n"
+          f"                  {m.dtype}, attn {m.attn_implementation}, device {cfg.device}\n"
+          f"  frames          {frames}, decoded with {m.video_backend}\n"
+          f"  method          {method.name} at budget {budget:g}\n                  {_hparams(cfg)}\n"
+          f"  lmms-eval task  {t.lmms_task} (metric {t.metric} x {t.metric_scale:g}, prompt variant "
+          f"{m.prompt_variant}){' from ' + t.include_path if t.include_path else ''}\n"
+          f"  limit           {cfg.limit}\n"
+          f"  run dir         {run_dir}\n"
+          + (f"  csv             {cfg.logger.csv.path}\n" if cfg.logger.get("csv") is not None else "")
+          + (f"  wandb           {cfg.logger.wandb.mode}\n" if cfg.logger.get("wandb") is not None else ""),
+          flush=True)
 
 
 def _print_summary(record: dict, run_dir: Path, cfg: DictConfig) -> None:

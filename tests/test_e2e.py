@@ -103,3 +103,30 @@ def test_lmms_eval_cli_finds_the_harness_model(run_env, tmp_path):
     assert "tango_harness" in proc.stdout and "|tango_synthetic|" in proc.stdout.replace(" ", "")
     (results,) = out.rglob("*_results.json")
     assert json.loads(results.read_text())["results"]["tango_synthetic"]["acc,none"] in (0.0, 0.5, 1.0)
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(run_env):
+    proc = run_cli(["model=llava_ov", "task=videomme", "method=tango", "budget=0.1", "dry_run=true"], run_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for expected in ["llava-hf/llava-onevision-qwen2-7b-ov-hf", "32 uniform", "lmms-eval task  videomme",
+                     "prompt variant default", "llava_ov__tango__b0.1__videomme__s0", "results.csv"]:
+        assert expected in out
+    runs = Path(run_env["TANGO_RESULTS"]) / "runs"  # Hydra may create the dir with its .hydra/; nothing else
+    assert not [p for p in runs.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.name != "run.log"]
+
+
+def test_a_broken_video_is_a_recorded_sample_error(run_env, tmp_path):
+    from tango.data.synthetic import ensure_synthetic_task
+
+    task_dir = ensure_synthetic_task(tmp_path / "task", num_videos=4, num_frames=32, size=112)
+    docs = [json.loads(line) for line in (task_dir / "test.jsonl").read_text().splitlines()]
+    Path(docs[1]["video"]).write_bytes(b"not a video")
+    proc = run_cli(["method=none", "task.synthetic.num_videos=4", f"task.include_path={task_dir}"], run_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (rec,) = Path(run_env["TANGO_RESULTS"]).glob("runs/*/record.json")
+    record = json.loads(rec.read_text())
+    samples = [json.loads(line) for line in (rec.parent / "samples.jsonl").read_text().splitlines()]
+    assert record["n_samples"] == 4 and record["n_sample_errors"] == 1
+    (bad,) = [s for s in samples if s.get("error")]
+    assert bad["doc_id"] == 1 and docs[1]["video"] in bad["error"] and bad["acc"] == 0.0

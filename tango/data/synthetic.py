@@ -29,9 +29,10 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,11 +51,12 @@ __all__ = [
     "parse_answer_letter",
     "register_question_type",
     "render_video",
+    "rgb_to_yuv420p",
 ]
 
 GENERATOR = "tango.data.synthetic"
 # Bump when the rendering / question logic changes in a way that changes the output for the same parameters.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "task_template"
 TEMPLATE_FILES = ("task.yaml.tmpl", "utils.py")
@@ -131,8 +133,15 @@ def register_question_type(name: str) -> Callable[[QuestionFn], QuestionFn]:
     return deco
 
 
-def _object(shape: str, color: str, radius: float, start: tuple[float, float], end: tuple[float, float],
-            t_start: int, t_end: int) -> dict[str, Any]:
+def _object(
+    shape: str,
+    color: str,
+    radius: float,
+    start: tuple[float, float],
+    end: tuple[float, float],
+    t_start: int,
+    t_end: int,
+) -> dict[str, Any]:
     """One object: ``shape`` of colour ``color`` with "radius" ``radius`` px, its centre moving linearly from
     ``start`` (at frame ``t_start``) to ``end`` (at ``t_end``), drawn only in frames ``t_start..t_end``."""
     return {
@@ -227,8 +236,7 @@ def _place_answer(rng: np.random.Generator, answer: str, pool: list[str], answer
     return picked
 
 
-def _single_mover(rng: np.random.Generator, spec: SceneSpec, shape: str, color: str,
-                  direction: str) -> dict[str, Any]:
+def _single_mover(rng: np.random.Generator, spec: SceneSpec, shape: str, color: str, direction: str) -> dict[str, Any]:
     """One shape crossing the middle of the frame in ``direction``, over the whole clip, never leaving the frame."""
     s = spec.size
     r = 0.14 * s
@@ -252,8 +260,9 @@ def _q_color(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Qu
     color = _choice(rng, list(COLORS))
     options = _place_answer(rng, color, list(COLORS), answer_index)
     obj = _single_mover(rng, spec, _choice(rng, SHAPES), color, _choice(rng, DIRECTIONS))
-    return Question("What is the color of the moving shape in the video?", options, answer_index,
-                    _random_background(rng), [obj])
+    return Question(
+        "What is the color of the moving shape in the video?", options, answer_index, _random_background(rng), [obj]
+    )
 
 
 @register_question_type("shape")
@@ -261,8 +270,9 @@ def _q_shape(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Qu
     shape = _choice(rng, SHAPES)
     options = _place_answer(rng, shape, list(SHAPES), answer_index)
     obj = _single_mover(rng, spec, shape, _choice(rng, list(COLORS)), _choice(rng, DIRECTIONS))
-    return Question("What is the shape of the moving object in the video?", options, answer_index,
-                    _random_background(rng), [obj])
+    return Question(
+        "What is the shape of the moving object in the video?", options, answer_index, _random_background(rng), [obj]
+    )
 
 
 @register_question_type("direction")
@@ -270,8 +280,9 @@ def _q_direction(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -
     direction = _choice(rng, DIRECTIONS)
     options = _place_answer(rng, direction, list(DIRECTIONS), answer_index)
     obj = _single_mover(rng, spec, _choice(rng, SHAPES), _choice(rng, list(COLORS)), direction)
-    return Question("In which direction does the shape move in the video?", options, answer_index,
-                    _random_background(rng), [obj])
+    return Question(
+        "In which direction does the shape move in the video?", options, answer_index, _random_background(rng), [obj]
+    )
 
 
 @register_question_type("count")
@@ -291,10 +302,18 @@ def _q_count(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Qu
     for c, color in zip(cells, colors):
         cx, cy = (c % 3 + 0.5) * cell, (c // 3 + 0.5) * cell
         d0, d1 = rng.uniform(-slack, slack, size=2), rng.uniform(-slack, slack, size=2)
-        objects.append(_object(_choice(rng, SHAPES), color, r, (cx + d0[0], cy + d0[1]), (cx + d1[0], cy + d1[1]),
-                               0, spec.num_frames - 1))
-    return Question("How many shapes are there in the video?", options, answer_index, _random_background(rng),
-                    objects)
+        objects.append(
+            _object(
+                _choice(rng, SHAPES),
+                color,
+                r,
+                (cx + d0[0], cy + d0[1]),
+                (cx + d1[0], cy + d1[1]),
+                0,
+                spec.num_frames - 1,
+            )
+        )
+    return Question("How many shapes are there in the video?", options, answer_index, _random_background(rng), objects)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -305,7 +324,7 @@ def _q_count(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Qu
 def _check_int(name: str, value: Any) -> int:
     low, high = RANGES[name]
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")  # noqa: TRY004 (API: ValueError)
     if not low <= int(value) <= high:
         raise ValueError(f"{name}={value} is out of range: valid range is [{low}, {high}]")
     return int(value)
@@ -326,8 +345,9 @@ def _check_args(num_videos, num_frames, size, fps, seed, task_name, question_typ
     types = list(DEFAULT_QUESTION_TYPES if question_types is None else question_types)
     unknown = [t for t in types if t not in QUESTION_TYPES]
     if not types or unknown or len(set(types)) != len(types):
-        raise ValueError(f"question_types={question_types!r} is invalid: give distinct names from "
-                         f"{sorted(QUESTION_TYPES)}")
+        raise ValueError(
+            f"question_types={question_types!r} is invalid: give distinct names from {sorted(QUESTION_TYPES)}"
+        )
     params["task_name"] = task_name
     params["question_types"] = types
     return params
@@ -347,6 +367,7 @@ def _expected_manifest(params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         "generator_version": GENERATOR_VERSION,
         "template_sha256": _template_digest(),
         "params": params,
+        "encoder": {"codec": "libx264", "pix_fmt": "yuv420p", **X264_OPTIONS},
         "out_dir": str(out_dir),  # the docs hold absolute paths: a moved folder is rebuilt
     }
 
@@ -372,19 +393,50 @@ def _video_id(index: int) -> str:
     return f"v{index:05d}"
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8 -> planar yuv420p as PyAV's ``(H * 3 // 2, W)`` layout (BT.601, limited range, 2x2
+    chroma averaging), computed in numpy so the encoder input does not depend on the CPU's swscale code path."""
+    rgb = frame.astype(np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    cb = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    cr = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    h, w = y.shape
+
+    def sub(c: np.ndarray) -> np.ndarray:
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8).ravel() for p in (y, sub(cb), sub(cr))]
+    return np.concatenate(planes).reshape(h * 3 // 2, w)
+
+
+# x264 settings. `mbtree=0` makes the bitstream reproducible: with the macroblock-tree rate control on, repeated
+# encodes of the same frames in one process differed now and then (its propagation step is float SIMD code, the one
+# kind of x264 assembly that is not bit-exact with the C version). Integer SIMD paths are bit-exact with C, so the
+# videos should also be identical across CPU types; `asm=0` also worked but was 5x slower.
+X264_OPTIONS = {"crf": "18", "preset": "medium", "x264-params": "mbtree=0"}
+
+
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
     import av  # PyAV; imported lazily so `import tango.data` stays cheap
 
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "medium"})
+        stream = container.add_stream("libx264", rate=fps, options=dict(X264_OPTIONS))
         stream.width = stream.height = frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1  # one thread: byte-identical output and no oversubscription
+        stream.codec_context.thread_count = 1
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            video_frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+            for packet in stream.encode(video_frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def _av_version() -> str:
+    import av
+
+    return str(getattr(av, "__version__", "unknown"))
 
 
 def _answer_index(doc_index: int, num_types: int) -> int:
@@ -408,28 +460,32 @@ def _build(tmp_dir: Path, final_dir: Path, params: dict[str, Any], manifest: dic
         if len(q.options) != len(LETTERS) or len(set(q.options)) != len(LETTERS):
             raise RuntimeError(f"question type {qtype!r} produced bad options {q.options}")
         video_id = _video_id(i)
-        _write_mp4(tmp_dir / "videos" / f"{video_id}.mp4",
-                   render_video(q.background, q.objects, spec.size, spec.num_frames), spec.fps)
-        docs.append({
-            "doc_id": i,
-            "video_id": video_id,
-            "video": str(final_dir / "videos" / f"{video_id}.mp4"),
-            "question_type": qtype,
-            "question": q.question,
-            "options": list(q.options),
-            "answer": LETTERS[q.answer_index],
-            "answer_index": int(q.answer_index),
-            "answer_text": q.options[q.answer_index],
-            "num_frames": spec.num_frames,
-            "size": spec.size,
-            "fps": spec.fps,
-            "seed": params["seed"],
-            "background": q.background,
-            "objects": q.objects,
-        })
+        _write_mp4(
+            tmp_dir / "videos" / f"{video_id}.mp4",
+            render_video(q.background, q.objects, spec.size, spec.num_frames),
+            spec.fps,
+        )
+        docs.append(
+            {
+                "doc_id": i,
+                "video_id": video_id,
+                "video": str(final_dir / "videos" / f"{video_id}.mp4"),
+                "question_type": qtype,
+                "question": q.question,
+                "options": list(q.options),
+                "answer": LETTERS[q.answer_index],
+                "answer_index": int(q.answer_index),
+                "answer_text": q.options[q.answer_index],
+                "num_frames": spec.num_frames,
+                "size": spec.size,
+                "fps": spec.fps,
+                "seed": params["seed"],
+                "background": q.background,
+                "objects": q.objects,
+            }
+        )
     with open(tmp_dir / "test.jsonl", "w") as f:
-        for doc in docs:
-            f.write(json.dumps(doc) + "\n")
+        f.writelines(json.dumps(doc) + "\n" for doc in docs)
 
     yaml_text = (TEMPLATE_DIR / "task.yaml.tmpl").read_text()
     yaml_text = yaml_text.replace("@TASK_NAME@", params["task_name"])
@@ -438,16 +494,29 @@ def _build(tmp_dir: Path, final_dir: Path, params: dict[str, Any], manifest: dic
     shutil.copyfile(TEMPLATE_DIR / "utils.py", tmp_dir / "utils.py")
 
     letters = {c: sum(d["answer"] == c for d in docs) for c in LETTERS}
-    full = dict(manifest, num_docs=len(docs), answer_counts=letters,
-                generation_seconds=round(time.perf_counter() - started, 3),
-                created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    full = dict(
+        manifest,
+        num_docs=len(docs),
+        answer_counts=letters,
+        generation_seconds=round(time.perf_counter() - started, 3),
+        av_version=_av_version(),
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     (tmp_dir / "manifest.json").write_text(json.dumps(full, indent=2) + "\n")
 
 
-def ensure_synthetic_task(out_dir: str | os.PathLike, *, num_videos: int = 16, num_frames: int = 32,
-                          size: int = 112, fps: int = 8, seed: int = 1234, task_name: str = "tango_synthetic",
-                          question_types: list[str] | tuple[str, ...] | None = None,
-                          lock_timeout: float = 600.0) -> Path:
+def ensure_synthetic_task(
+    out_dir: str | os.PathLike,
+    *,
+    num_videos: int = 16,
+    num_frames: int = 32,
+    size: int = 112,
+    fps: int = 8,
+    seed: int = 1234,
+    task_name: str = "tango_synthetic",
+    question_types: list[str] | tuple[str, ...] | None = None,
+    lock_timeout: float = 600.0,
+) -> Path:
     """Make sure ``out_dir`` holds the synthetic task for these parameters; return its absolute path.
 
     Builds on first use; reuses the folder untouched when ``manifest.json`` matches the parameters; rebuilds it when

@@ -16,7 +16,7 @@ from tango.data import synthetic
 from tango.data.synthetic import COLORS, ensure_synthetic_task, load_docs, render_video
 from tango.data.task_template import utils as task_utils
 
-SMALL = dict(num_videos=12, num_frames=8, size=64, fps=8, seed=7)  # 3 docs of each of the 4 types
+SMALL = {"num_videos": 12, "num_frames": 8, "size": 64, "fps": 8, "seed": 7}  # 3 docs of each of the 4 types
 
 
 def decode_pyav(path) -> np.ndarray:
@@ -91,7 +91,7 @@ def test_layout_and_doc_fields(small_task, small_docs):
 def test_generation_is_deterministic(small_task, small_docs, tmp_path):
     other = ensure_synthetic_task(tmp_path / "again", **SMALL)
     again = load_docs(other)
-    strip = lambda docs: [{k: v for k, v in d.items() if k != "video"} for d in docs]  # noqa: E731
+    strip = lambda docs: [{k: v for k, v in d.items() if k != "video"} for d in docs]
     assert strip(again) == strip(small_docs)
     # The raw test.jsonl files only differ by the folder prefix of the absolute video paths.
     assert (other / "test.jsonl").read_text().replace(str(other), "X") == (
@@ -99,9 +99,34 @@ def test_generation_is_deterministic(small_task, small_docs, tmp_path):
     ).read_text().replace(str(small_task), "X")
     for a, b in zip(small_docs, again):
         assert np.array_equal(decode_pyav(a["video"]), decode_pyav(b["video"]))
+        assert Path(a["video"]).read_bytes() == Path(b["video"]).read_bytes()
     # ... and the seed matters.
     changed = load_docs(ensure_synthetic_task(tmp_path / "seed8", **{**SMALL, "seed": 8}))
     assert strip(changed) != strip(small_docs)
+
+
+@pytest.mark.unit
+def test_encoder_is_reproducible(small_docs, tmp_path):
+    """x264 with its default macroblock-tree rate control gave different bytes now and then for the same frames;
+    re-encode every scene several times in this process and require identical files."""
+    for d in small_docs:
+        frames = render_video(d["background"], d["objects"], SMALL["size"], SMALL["num_frames"])
+        digests = set()
+        for k in range(3):
+            synthetic._write_mp4(tmp_path / f"{k}.mp4", frames, SMALL["fps"])
+            digests.add((tmp_path / f"{k}.mp4").read_bytes())
+        assert len(digests) == 1 and digests == {Path(d["video"]).read_bytes()}, d["doc_id"]
+
+
+@pytest.mark.unit
+def test_rgb_to_yuv420p_layout():
+    frame = np.zeros((4, 6, 3), np.uint8)
+    frame[:, :3] = (255, 255, 255)  # white left half, black right half
+    yuv = synthetic.rgb_to_yuv420p(frame)
+    assert yuv.shape == (6, 6) and yuv.dtype == np.uint8
+    y, u, v = yuv.ravel()[:24].reshape(4, 6), yuv.ravel()[24:30].reshape(2, 3), yuv.ravel()[30:].reshape(2, 3)
+    assert (y[:, :3] == 235).all() and (y[:, 3:] == 16).all()  # BT.601 limited range
+    assert (u == 128).all() and (v == 128).all()  # greys have no chroma
 
 
 @pytest.mark.unit
@@ -158,8 +183,9 @@ def test_color_answers_match_pixels(small_docs):
             assert mask.sum() > 30
             assert nearest_color(np.median(frame[mask], axis=0)) == d["objects"][0]["color"]
         if d["question_type"] == "color":
-            assert nearest_color(np.median(frames[len(frames) // 2][shape_mask(frames[len(frames) // 2])], 0)) == (
-                d["answer_text"]
+            assert (
+                nearest_color(np.median(frames[len(frames) // 2][shape_mask(frames[len(frames) // 2])], 0))
+                == (d["answer_text"])
             )
             checked += 1
     assert checked == 3
@@ -222,7 +248,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 @pytest.mark.unit
 def test_manifest_reuse_and_regeneration(tmp_path):
-    params = dict(num_videos=4, num_frames=6, size=48, seed=3)
+    params = {"num_videos": 4, "num_frames": 6, "size": 48, "seed": 3}
     out = ensure_synthetic_task(tmp_path / "t", **params)
     before = _mtimes(out)
     assert len([k for k in before if k.startswith("videos/")]) == 4
@@ -275,8 +301,12 @@ def test_concurrent_callers_build_once(tmp_path):
     )
     log = tmp_path / "builds.log"
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "t"), str(log)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "t"), str(log)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     results = [p.communicate(timeout=120) for p in procs]
@@ -429,7 +459,7 @@ def test_simple_evaluate_scores_an_oracle(tmp_path, monkeypatch):
         def generate_until(self, requests):
             replies = []
             for req in requests:
-                context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+                context, _gen_kwargs, doc_to_visual, doc_id, task, split = req.args
                 doc = self.task_dict[task][split][doc_id]
                 assert doc_to_visual(doc) == [doc["video"]] and doc["question"] in context
                 replies.append(f"Answer: {doc['answer']}" if self.oracle else "A")
@@ -443,6 +473,12 @@ def test_simple_evaluate_scores_an_oracle(tmp_path, monkeypatch):
 
     for oracle, expected in ((True, 1.0), (False, 0.25)):
         tm = TaskManager("WARNING", include_path=str(out), include_defaults=False)
-        res = simple_evaluate(model=Fixed(oracle), tasks=["tango_synth_e"], task_manager=tm, batch_size=1,
-                              bootstrap_iters=0, log_samples=False)
+        res = simple_evaluate(
+            model=Fixed(oracle),
+            tasks=["tango_synth_e"],
+            task_manager=tm,
+            batch_size=1,
+            bootstrap_iters=0,
+            log_samples=False,
+        )
         assert float(res["results"]["tango_synth_e"]["acc,none"]) == pytest.approx(expected)
