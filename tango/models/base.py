@@ -14,8 +14,9 @@ import torch
 
 ADAPTERS = {
     "llava_ov": "tango.models.llava_ov.LlavaOneVision",
+    "llava_video": "tango.models.llava_ov.LlavaVideo",
 }
-PLANNED = ("llava_video", "qwen2_5_vl")  # config entries exist; their adapters land with the model-adapter issue
+PLANNED = ("qwen2_5_vl",)  # config entries exist; their adapters land with the model-adapter issue
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

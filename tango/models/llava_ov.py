@@ -92,6 +92,16 @@ class LlavaOneVision:
         finally:
             handle.remove()
 
+    def _encode(self, pixel_values_videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[1, F, 3, H, W]`` -> pooled projected tokens ``x [F, L, D]`` and the newline embedding ``[1, D]``."""
+        video = self.model.get_video_features(pixel_values_videos=pixel_values_videos).pooler_output[0]
+        return video[:-1].view(pixel_values_videos.shape[1], -1, video.shape[-1]), video[-1:]
+
+    def _assemble(self, sel, newline: torch.Tensor, method, n_frames: int) -> tuple[torch.Tensor, int]:
+        """The LLM's visual span ``[S, D]`` and how many of its leading positions are prunable visual tokens.
+        LLaVA-OV (``one_token``): the kept tokens then one newline, which in-LLM methods never drop."""
+        return torch.cat([sel.tokens.to(newline.dtype), newline]), sel.tokens.shape[0]
+
     def _pool_like_features(self, t: torch.Tensor) -> torch.Tensor:
         """``[F, Hp*Wp(, C)]`` per-patch values -> ``[F, L(, C)]``, with the features' bilinear resize."""
         f = t.shape[0]
@@ -114,20 +124,15 @@ class LlavaOneVision:
         t_start = sw.now()
         source = method.attention_source if method.needs_attention else None
         with self._capture_attention(source) as cap, sw("vision"):
-            video = self.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"]).pooler_output[0]
-        n = inputs["pixel_values_videos"].shape[1]
-        x, newline = video[:-1].view(n, -1, video.shape[-1]), video[-1:]
+            x, newline = self._encode(inputs["pixel_values_videos"])
+        n = x.shape[0]
         attn = self._pool_like_features(cap["attn"]) if "attn" in cap else None
         metric = self._pool_like_features(cap["metric"]) if "metric" in cap else None
         timestamps = torch.as_tensor(clip.timestamps, dtype=torch.float32, device=self.device)
         with sw("pruning"):
             sel = method.prune(x, budget=budget, attn=attn, timestamps=timestamps, grid=self.grid, metric=metric)
-        visual = torch.cat([sel.tokens.to(video.dtype), newline])
-        ids = inputs["input_ids"]
-        is_video = ids[0] == self.video_token_id
-        # Keep the first M+1 placeholders and drop the rest: the kept tokens fill the video span contiguously.
-        keep = ~is_video | (torch.cumsum(is_video, 0) <= visual.shape[0])
-        ids = ids[:, keep]
+        visual, n_vis = self._assemble(sel, newline.to(x.dtype), method, n)
+        ids = _resize_span(inputs["input_ids"], self.video_token_id, visual.shape[0])
         embeds = self.model.get_input_embeddings()(ids)
         embeds[ids == self.video_token_id] = visual.to(embeds.dtype)
 
@@ -135,7 +140,6 @@ class LlavaOneVision:
         marks: list = []
         hook = lm.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
         span = torch.nonzero(ids[0] == self.video_token_id)[:, 0]
-        n_vis = visual.shape[0] - 1  # the newline closing the span is not a budgeted visual token: always kept
         in_llm = (drop_tokens_after(layers, method.layer, lambda row: method.select(
             row, image_start=int(span[0]), image_len=n_vis, budget=budget))
             if method.stage == "in_llm" else nullcontext({}))
@@ -187,6 +191,15 @@ class LlavaOneVision:
         return Generation(text=text.strip(), stats=stats)
 
 
+def _resize_span(ids: torch.Tensor, token_id: int, length: int) -> torch.Tensor:
+    """``ids [1, S]`` with its one contiguous run of ``token_id`` placeholders resized to ``length``."""
+    pos = torch.nonzero(ids[0] == token_id)[:, 0]
+    if pos.numel() == 0 or int(pos[-1] - pos[0]) + 1 != pos.numel():
+        raise ValueError(f"expected one contiguous run of video placeholders (id {token_id}) in the prompt")
+    run = ids.new_full((1, length), token_id)
+    return torch.cat([ids[:, : int(pos[0])], run, ids[:, int(pos[-1]) + 1:]], dim=1)
+
+
 def _received_attention(attn_mod, hidden: torch.Tensor, chunk: int = 8) -> dict[str, torch.Tensor]:
     """Attention each patch receives in a SigLIP attention layer, averaged over heads and queries, recomputed from
     the layer's own q/k projections so the tower keeps its fast kernel (no eager switch).
@@ -205,3 +218,59 @@ def _received_attention(attn_mod, hidden: torch.Tensor, chunk: int = 8) -> dict[
         torch.softmax((qc @ kc.transpose(-1, -2)).float() * attn_mod.scale, dim=-1).mean(dim=(1, 2))
         for qc, kc in zip(q.split(chunk), k.split(chunk))])
     return {"attn": received, "metric": k.mean(1)}
+
+
+class LlavaVideo(LlavaOneVision):
+    """LLaVA-Video-7B on the LLaVA-OV architecture, fed as its own code feeds it: vision tower -> projector ->
+    2x2 **average** pooling (27x27 -> 13x13 = 169 tokens per frame, not the OV bilinear 14x14) -> method -> a newline
+    after each pooled row (``mm_newline_position = grid``). transformers' ``get_video_features`` hard-codes the OV
+    pooling, so the tower and projector are called directly (public modules) and pooled here.
+
+    Newlines: after each row that keeps at least one token (Tango's ``add_token_per_grid``), or after every row when
+    the method sets ``grid_newlines = "all_rows"`` (HoliTom's VisionZip port). Methods must emit tokens in raster
+    order per frame for this layout (checked). In-LLM methods see the whole span, newlines included.
+    """
+
+    family = "llava_video"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        h, w = self.patch_grid
+        self.grid = (h // 2, w // 2)  # avg_pool2d(kernel 2, stride 2) floors: 27 -> 13
+
+    def _encode(self, pixel_values_videos):
+        m, cfg = self.model.model, self.model.config
+        frames = pixel_values_videos[0]
+        hidden = m.vision_tower(frames, output_hidden_states=True).hidden_states[cfg.vision_feature_layer]
+        feats = m.multi_modal_projector(hidden)  # [F, Hp*Wp, D]: the projector runs before pooling
+        return self._pool_like_features(feats).to(feats.dtype), m.image_newline[None]
+
+    def _pool_like_features(self, t):
+        f = t.shape[0]
+        c = t.view(f, *self.patch_grid, -1).permute(0, 3, 1, 2)
+        pooled = F.avg_pool2d(c.float() if t.dim() == 2 else c, 2).flatten(2).transpose(1, 2)
+        return pooled[..., 0] if t.dim() == 2 else pooled
+
+    def _assemble(self, sel, newline, method, n_frames):
+        idx, (h, w) = sel.indices, self.grid
+        per_frame = h * w
+        if idx.numel() > 1 and bool((idx[1:] < idx[:-1]).any()):
+            raise ValueError(f"method {method.name!r} emitted tokens out of raster order; LLaVA-Video's per-row "
+                             "newlines need them sorted by position (e.g. its sort_by_position option)")
+        row = idx // per_frame * h + idx % per_frame // w  # global row id of each kept token
+        tokens = sel.tokens.to(newline.dtype)
+        if getattr(method, "grid_newlines", "surviving_rows") == "all_rows":
+            n_rows = n_frames * h
+            counts = torch.bincount(row, minlength=n_rows)
+            ends = torch.cumsum(counts, 0) + torch.arange(1, n_rows + 1, device=idx.device) - 1
+            pos = torch.arange(idx.numel(), device=idx.device) + row  # r newlines precede a token of row r
+        else:
+            last = torch.ones_like(row, dtype=torch.bool)
+            last[:-1] = row[1:] != row[:-1]
+            before = torch.cumsum(last, 0) - last.long()  # newlines already placed before each token
+            pos = torch.arange(idx.numel(), device=idx.device) + before
+            ends = pos[last] + 1
+        out = newline.new_empty(idx.numel() + ends.numel(), newline.shape[-1])
+        out[pos] = tokens
+        out[ends] = newline.expand(ends.numel(), -1)
+        return out, out.shape[0]

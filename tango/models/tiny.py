@@ -110,7 +110,9 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(model, proc, out_dir)
 
 
-TINY_BUILDERS = {"llava_ov": build_tiny_llava_ov, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+# LLaVA-Video shares the LLaVA-OV architecture (its adapter pools and lays out newlines differently).
+TINY_BUILDERS = {"llava_ov": build_tiny_llava_ov, "llava_video": build_tiny_llava_ov,
+                 "qwen2_5_vl": build_tiny_qwen2_5_vl}
 
 
 def ensure_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:

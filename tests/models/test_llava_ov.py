@@ -132,13 +132,13 @@ def test_last_layer_attention_matches_eager(adapter, clip):
     assert metric.shape == (16, 16, adapter.model.config.vision_config.hidden_size // 2)
 
 
-def test_in_llm_methods_are_refused_not_ignored(adapter, clip):
+def test_unwired_in_llm_stages_are_refused_not_ignored(adapter, clip):
     @dataclass
-    class InLLM(KeepFirstPerFrame):
-        stage = "in_llm"
+    class Both(KeepFirstPerFrame):
+        stage = "both"
 
     with pytest.raises(NotImplementedError, match="inside the LLM"):
-        adapter.generate(adapter.prepare(clip, "q"), clip, InLLM(), 0.5)
+        adapter.generate(adapter.prepare(clip, "q"), clip, Both(), 0.5)
 
 
 def test_tiny_qwen2_5_vl_builds_and_generates(tmp_path):

@@ -1,0 +1,299 @@
+"""Qwen2.5-VL adapter (``Qwen2_5_VLForConditionalGeneration``, transformers 5.23).
+
+Pre-LLM pruning path, public seams only (docs transformers-seams.md §5.3, ``inputs_embeds`` variant):
+ViT + merger (``get_video_features``) -> ``x [N, L, D]`` with ``N = grid_t`` temporal patches (2 frames each) and
+``L = (grid_h/2) * (grid_w/2)`` merged tokens -> method -> ``inputs_embeds`` with exactly as many video placeholders
+as kept tokens -> ``generate``.
+
+Positions: unlike LLaVA, every kept token keeps its **original** 3-D M-RoPE id ``(t, h, w)``, as the reference Tango
+code does. The full ``position_ids [3, 1, S]`` of the unpruned prompt come from the model's own
+``model.model.get_rope_index`` (with ``mm_token_type_ids``, ``video_grid_thw`` and ``second_per_grid_ts``); the
+columns of the kept text positions are kept, and the video columns are replaced by the ids of each output token's
+source token (``Selection.indices``, so merged tokens take their representative's position). They are passed to
+``generate`` as a **3-row** tensor: ``generate`` extends them by ``last + 1`` per decode step, so decoding continues
+exactly where the unpruned prompt would (``rope_deltas`` of the unpruned prompt). ``model.model.rope_deltas`` is set
+to ``max(kept positions) + 1 - S'`` as well, which is what the model itself would store, so a manual ``forward``
+loop with a cache also continues correctly. With every token kept this is bit-exact with
+``model.generate(**processor_inputs)`` (tested).
+
+In-LLM methods (FastV) reuse ``tango.models.inllm``: the M-RoPE ``(cos, sin)`` the text layers receive are already
+combined to ``(B, S, head_dim)``, so gathering them by kept position keeps each token's original 3-D rotation.
+
+Attention source ``pooling_head`` (Tango, methods-tango.md §2.2 "Qwen2.5-VL"): in the last full-attention ViT block
+(``fullatt_block_indexes[-1]``) a forward hook recomputes queries and keys from that block's ``qkv`` projection and
+the rotary ``(cos, sin)`` it receives (the tower keeps its SDPA / FA2 kernel); per temporal patch all patch queries
+are averaged into one query per head, keys are averaged over each 2x2 merge unit (4 consecutive rows in window
+order), ``softmax(q k^T / sqrt(d))`` over that temporal patch's merged tokens, mean over heads, then the window
+permutation is undone -> ``attn [N, L]``. Unlike the reference (bf16 matmul), means and softmax run in fp32.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import torch
+
+from tango.flops import _get, llm_prefill_flops
+from tango.methods.base import PruningMethod
+from tango.models.base import Generation, resolve_dtype
+from tango.models.inllm import drop_tokens_after
+from tango.timing import Stopwatch
+from tango.video import Clip
+
+VIDEO_TYPE = 2  # mm_token_type_ids: 0 text, 1 image, 2 video
+
+
+class Qwen25VL:
+    family = "qwen2_5_vl"
+
+    def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
+                 attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        if tiny:
+            from tango.models.tiny import ensure_tiny_checkpoint
+
+            ensure_tiny_checkpoint("qwen2_5_vl", pretrained, seed=seed)
+        self.device = torch.device(device)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            pretrained, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(pretrained)
+        self.merge = self.model.config.vision_config.spatial_merge_size
+        self.video_token_id = self.model.config.video_token_id
+
+    def prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def prepare(self, clip: Clip, question: str) -> dict:
+        """Processor inputs on the model's device: ``input_ids``, ``attention_mask``, ``mm_token_type_ids [1, S]``,
+        ``pixel_values_videos [grid_t*grid_h*grid_w, C*2*14*14]``, ``video_grid_thw [1, 3]``, ``second_per_grid_ts``.
+
+        The clip's frames are already sampled by the harness (``do_sample_frames=False``); its metadata gives the
+        processor the real sampled frame rate, so ``second_per_grid_ts`` (the temporal M-RoPE spacing) is
+        ``temporal_patch_size / sampled_fps`` as in qwen-vl-utils, instead of the processor's 24 fps fallback. The
+        processor config's min/max pixels are kept; ``cap_pixels_per_frame=True`` is the qwen-vl-utils total-pixel
+        cap. An odd frame count is padded by the processor (last frame repeated to fill the temporal patch)."""
+        from transformers.video_utils import VideoMetadata
+
+        metadata = VideoMetadata(total_num_frames=int(clip.total_frames), fps=float(clip.avg_fps),
+                                 frames_indices=[int(i) for i in clip.indices])
+        inputs = self.processor(text=self.prompt(question), videos=[clip.frames], return_tensors="pt",
+                                videos_kwargs={"do_sample_frames": False, "video_metadata": [metadata],
+                                               "cap_pixels_per_frame": True})
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    @staticmethod
+    def timestamps(clip: Clip, grid_t: int) -> torch.Tensor:
+        """``[grid_t]`` seconds: the sampled-frame times linearly interpolated onto the temporal patches (reference
+        ``vlmeval/vlm/qwen2_vl/model.py``: ``np.interp(linspace(0, F-1, grid_t), arange(F), times)``)."""
+        times = np.asarray(clip.timestamps, dtype=np.float64)
+        target = np.linspace(0, len(times) - 1, grid_t)
+        return torch.as_tensor(np.interp(target, np.arange(len(times)), times), dtype=torch.float32)
+
+    @contextmanager
+    def _capture_attention(self, source: str | None, grid_thw: torch.Tensor):
+        """While the tower runs, capture the method's attention source into the yielded dict: ``attn [N, L]`` in
+        raster order of the merged grid."""
+        captured: dict[str, torch.Tensor] = {}
+        if source is None:
+            yield captured
+            return
+        if source == "last_layer":
+            raise NotImplementedError(
+                "attention source 'last_layer' (VisionZip: attention received in the last vision layer + its keys) is "
+                "not implemented for Qwen2.5-VL yet; 'pooling_head' (Tango's mean-query attention) is")
+        if source != "pooling_head":
+            raise ValueError(f"attention source {source!r}; valid: 'pooling_head', 'last_layer'")
+        visual = self.model.model.visual
+        block = visual.blocks[visual.fullatt_block_indexes[-1]]
+
+        def hook(mod, args, kwargs, out):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured["attn"] = mean_query_attention(mod, hidden, kwargs["position_embeddings"], grid_thw,
+                                                    visual.config)
+            return None
+
+        handle = block.attn.register_forward_hook(hook, with_kwargs=True)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    @torch.inference_mode()
+    def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
+                 max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
+        layers = self.model.model.language_model.layers
+        if method.stage == "both":
+            raise NotImplementedError(
+                f"method {method.name!r} is configured to act inside the LLM as well (stage 'both': e.g. DyCoke's "
+                "decode-time KV pruning, Tango's LLaVA-Video stage); that stage is not wired into this adapter yet")
+        if method.stage == "in_llm" and method.num_layers != len(layers):
+            raise ValueError(f"method.num_layers={method.num_layers} but this model's decoder has {len(layers)} "
+                             f"layers; set it in configs/model_method/<model>_{method.name}.yaml")
+        ids = inputs["input_ids"]
+        thw = inputs["video_grid_thw"]
+        if ids.shape[0] != 1 or thw.shape[0] != 1:
+            raise ValueError(f"one request with one video at a time; got input_ids {tuple(ids.shape)}, "
+                             f"video_grid_thw {tuple(thw.shape)}")
+        n, gh, gw = (int(v) for v in thw[0])
+        grid = (gh // self.merge, gw // self.merge)
+        length = grid[0] * grid[1]
+
+        sw = Stopwatch(self.device)
+        t_start = sw.now()
+        source = method.attention_source if method.needs_attention else None
+        with self._capture_attention(source, thw) as cap, sw("vision"):
+            video = self.model.model.get_video_features(inputs["pixel_values_videos"], thw).pooler_output[0]
+        x = video.view(n, length, video.shape[-1])
+        timestamps = self.timestamps(clip, n).to(self.device)
+        with sw("pruning"):
+            sel = method.prune(x, budget=budget, attn=cap.get("attn"), timestamps=timestamps, grid=grid,
+                               metric=cap.get("metric"))
+
+        ids_p, pos_p = self.pruned_positions(inputs, sel.indices, sel.tokens.shape[0])
+        embeds = self.model.get_input_embeddings()(ids_p)
+        is_video_p = ids_p == self.video_token_id
+        embeds[is_video_p] = sel.tokens.to(embeds.dtype)
+        # What the model itself stores after a prefill; generate() does not read it when position_ids are passed.
+        self.model.model.rope_deltas = (pos_p.amax(dim=(0, 2)) + 1 - ids_p.shape[1])[:, None]
+
+        lm = self.model.model.language_model
+        marks: list = []
+        hook = lm.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
+        span = torch.nonzero(is_video_p[0])[:, 0]
+        n_vis = int(span.numel())
+        in_llm = (drop_tokens_after(layers, method.layer, lambda row: method.select(
+            row, image_start=int(span[0]), image_len=n_vis, budget=budget))
+            if method.stage == "in_llm" else nullcontext({}))
+        t_llm = sw.now()
+        try:
+            with in_llm as dropped:
+                out = self.model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_p),
+                                          position_ids=pos_p, max_new_tokens=max_new_tokens, do_sample=False)
+        finally:
+            hook.remove()
+        t_end = sw.now()
+        sw.span("llm_prefill", t_llm, marks[0])
+        sw.span("ttft", t_start, marks[0])  # vision + pruning + embedding/position assembly + LLM prefill
+        sw.span("decode", marks[0], t_end)
+        ms = sw.results()
+        new_tokens = out.shape[1]
+        text = self.processor.batch_decode(out, skip_special_tokens=True)[0]
+        for s in stop or []:
+            if s and s in text:
+                text = text[: text.index(s)]
+        stats = {
+            "tokens_in": int(sel.stats.get("tokens_in", n * length)),
+            "tokens_out": int(sel.stats.get("tokens_out", sel.tokens.shape[0])),
+            "prompt_tokens": int(ids_p.shape[1]),
+            "new_tokens": int(new_tokens),
+            "vision_ms": ms["vision"],
+            "attention_ms": None,  # the attention source is recomputed inside the tower: included in vision_ms
+            "pruning_ms": ms["pruning"],
+            "llm_prefill_ms": ms["llm_prefill"],
+            "ttft_ms": ms["ttft"],
+            "decode_tok_s": (new_tokens - 1) / (ms["decode"] / 1e3) if new_tokens > 1 and ms["decode"] > 0 else None,
+        }
+        seq = int(ids_p.shape[1])
+        if "keep" in dropped:  # in-LLM: layers >= K see the kept positions only
+            kept = int(dropped["keep"].numel())
+            per_layer = [seq] * method.layer + [kept] * (len(layers) - method.layer)
+            vis_layers = [n_vis] * method.layer + [n_vis - (seq - kept)] * (len(layers) - method.layer)
+            stats["tokens_layer_avg"] = sum(vis_layers) / len(vis_layers)
+            stats["tokens_after_layer"] = vis_layers[-1]
+        else:
+            per_layer = seq
+            stats["tokens_layer_avg"] = stats["tokens_out"]
+        flops = qwen2_5_vl_prefill_flops(self.model.config, (n, gh, gw), per_layer)
+        stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
+        stats["tflops_prefill"] = sum(flops.values()) / 1e12
+        stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
+        stats.update({f"method/{k}": v for k, v in sel.stats.items() if k not in ("tokens_in", "tokens_out")})
+        return Generation(text=text.strip(), stats=stats)
+
+    def pruned_positions(self, inputs: dict, indices: torch.Tensor, kept: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt ids with ``kept`` video placeholders and their 3-D M-RoPE ids ``[3, 1, S']``.
+
+        The unpruned ids come from the model's ``get_rope_index``; text positions keep their columns, and the
+        ``j``-th kept video placeholder takes the id of video token ``indices[j]`` (flat ``t * L + l``, raster order
+        of the merged grid, which is also the order of the video placeholders)."""
+        ids = inputs["input_ids"]
+        mm = inputs.get("mm_token_type_ids")
+        if mm is None:
+            mm = torch.where(ids == self.video_token_id, VIDEO_TYPE, 0)
+        pos, _ = self.model.model.get_rope_index(
+            ids, mm_token_type_ids=mm, video_grid_thw=inputs["video_grid_thw"],
+            second_per_grid_ts=inputs.get("second_per_grid_ts"), attention_mask=inputs.get("attention_mask"))
+        is_video = ids[0] == self.video_token_id
+        keep = ~is_video | (torch.cumsum(is_video, 0) <= kept)
+        ids_p = ids[:, keep]
+        pos_p = pos[:, :, keep].clone()
+        pos_p[:, :, ids_p[0] == self.video_token_id] = pos[:, :, is_video][:, :, indices.to(pos.device)]
+        return ids_p, pos_p
+
+
+def mean_query_attention(attn_mod, hidden: torch.Tensor, position_embeddings, grid_thw: torch.Tensor,
+                         vision_cfg) -> torch.Tensor:
+    """Tango's Qwen2.5-VL saliency from one full-attention ViT block, in raster order of the merged grid.
+
+    Args:
+        attn_mod: the block's ``Qwen2_5_VLVisionAttention``.
+        hidden: ``[S, C]`` its input (after ``norm1``), in window order; ``S = grid_t * grid_h * grid_w``.
+        position_embeddings: the rotary ``(cos, sin)`` it receives, ``[S, head_dim]`` each, in window order.
+        grid_thw: ``[1, 3]`` the video's grid.
+    Returns:
+        ``attn [grid_t, L]`` fp32, each row summing to 1.
+    """
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    from transformers.vision_utils import get_vision_window_index
+
+    t, h, w = (int(v) for v in grid_thw[0])
+    unit = vision_cfg.spatial_merge_size ** 2
+    s, heads, hd = hidden.shape[0], attn_mod.num_heads, attn_mod.head_dim
+    q, k, _ = attn_mod.qkv(hidden).reshape(s, 3, heads, hd).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    # Window order keeps temporal patches contiguous (windows never cross them): rows [i*h*w, (i+1)*h*w) are patch i.
+    q = q.float().transpose(0, 1).reshape(heads, t, h * w, hd).mean(2, keepdim=True)      # [H, T, 1, hd]
+    k = k.float().transpose(0, 1).reshape(heads, t, h * w // unit, unit, hd).mean(3)       # [H, T, L, hd]
+    weights = torch.softmax((q @ k.transpose(-1, -2)) * attn_mod.scaling, dim=-1)          # [H, T, 1, L]
+    window_order = weights[:, :, 0].mean(0).reshape(-1)                                    # [T * L], window order
+    window_index, _ = get_vision_window_index(grid_thw, vision_cfg.spatial_merge_size, vision_cfg.window_size,
+                                              vision_cfg.patch_size)
+    return window_order[torch.argsort(window_index.to(window_order.device))].view(t, -1)
+
+
+def _window_lengths(n: int, size: int) -> list[int]:
+    return [size] * (n // size) + ([n % size] if n % size else [])
+
+
+def qwen2_5_vl_vision_flops(vision_cfg, grid_thw) -> dict[str, float]:
+    """Qwen2.5-VL ViT on one video grid ``(t, h, w)`` (patches): patch embedding (Conv3d) + blocks (windowed or
+    full attention, each per temporal patch) as ``flops_vision``; the patch merger's MLP as ``flops_projector``.
+
+    Conventions of :mod:`tango.flops` (linear ``2 * n * d_in * d_out``, attention ``QK^T`` and ``AV`` over each
+    attention segment's full square, norms / RoPE / activations / softmax not counted)."""
+    t, h, w = (int(v) for v in grid_thw)
+    d, ff = _get(vision_cfg, "hidden_size"), _get(vision_cfg, "intermediate_size")
+    p, tp, m = _get(vision_cfg, "patch_size"), _get(vision_cfg, "temporal_patch_size"), _get(vision_cfg, "spatial_merge_size")
+    s = t * h * w
+    embed = 2 * s * d * _get(vision_cfg, "in_channels", 3) * tp * p * p
+    linear = 2 * s * d * 3 * d + 2 * s * d * d + 3 * 2 * s * d * ff                 # qkv, proj, gated MLP
+    full = t * 2 * 2 * (h * w) ** 2 * d                                              # one segment per temporal patch
+    ws = _get(vision_cfg, "window_size") // m // p                                   # window side in merged tokens
+    windows = sum((r * c * m * m) ** 2 for r in _window_lengths(h // m, ws) for c in _window_lengths(w // m, ws))
+    windowed = t * 2 * 2 * windows * d
+    depth = _get(vision_cfg, "depth")
+    n_full = len([i for i in _get(vision_cfg, "fullatt_block_indexes") if i < depth])
+    blocks = depth * linear + n_full * full + (depth - n_full) * windowed
+    hid, merged = d * m * m, s // (m * m)
+    merger = 2 * merged * hid * hid + 2 * merged * hid * _get(vision_cfg, "out_hidden_size")
+    return {"flops_vision": float(embed + blocks), "flops_projector": float(merger)}
+
+
+def qwen2_5_vl_prefill_flops(config, grid_thw, tokens_per_layer) -> dict[str, float]:
+    """Prefill FLOPs of Qwen2.5-VL split into vision tower, merger (projector) and LLM."""
+    return {**qwen2_5_vl_vision_flops(config.vision_config, grid_thw),
+            "flops_llm": llm_prefill_flops(config.text_config, tokens_per_layer)}
