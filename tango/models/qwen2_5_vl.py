@@ -25,6 +25,8 @@ the rotary ``(cos, sin)`` it receives (the tower keeps its SDPA / FA2 kernel); p
 are averaged into one query per head, keys are averaged over each 2x2 merge unit (4 consecutive rows in window
 order), ``softmax(q k^T / sqrt(d))`` over that temporal patch's merged tokens, mean over heads, then the window
 permutation is undone -> ``attn [N, L]``. Unlike the reference (bf16 matmul), means and softmax run in fp32.
+Attention source ``last_layer`` (VisionZip), from the same hook: attention received per patch within its temporal
+patch (mean over heads and queries) and the block's pre-RoPE keys, both averaged over each 2x2 merge unit.
 """
 
 from __future__ import annotations
@@ -77,11 +79,13 @@ class Qwen25VL:
         cap. An odd frame count is padded by the processor (last frame repeated to fill the temporal patch)."""
         from transformers.video_utils import VideoMetadata
 
-        metadata = VideoMetadata(total_num_frames=int(clip.total_frames), fps=float(clip.avg_fps),
-                                 frames_indices=[int(i) for i in clip.indices])
+        videos_kwargs = {"do_sample_frames": False, "cap_pixels_per_frame": True}
+        if clip.avg_fps > 0 and clip.total_frames > 0:  # else the processor's 24 fps fallback
+            videos_kwargs["video_metadata"] = [VideoMetadata(
+                total_num_frames=int(clip.total_frames), fps=float(clip.avg_fps),
+                frames_indices=[int(i) for i in clip.indices])]
         inputs = self.processor(text=self.prompt(question), videos=[clip.frames], return_tensors="pt",
-                                videos_kwargs={"do_sample_frames": False, "video_metadata": [metadata],
-                                               "cap_pixels_per_frame": True})
+                                videos_kwargs=videos_kwargs)
         return {k: v.to(self.device) for k, v in inputs.items()}
 
     @staticmethod
@@ -94,26 +98,21 @@ class Qwen25VL:
 
     @contextmanager
     def _capture_attention(self, source: str | None, grid_thw: torch.Tensor):
-        """While the tower runs, capture the method's attention source into the yielded dict: ``attn [N, L]`` in
-        raster order of the merged grid."""
+        """While the tower runs, capture the method's attention source into the yielded dict, in raster order of the
+        merged grid: ``attn [N, L]`` (and ``metric [N, L, head_dim]`` for ``last_layer``)."""
         captured: dict[str, torch.Tensor] = {}
         if source is None:
             yield captured
             return
-        if source == "last_layer":
-            raise NotImplementedError(
-                "attention source 'last_layer' (VisionZip: attention received in the last vision layer + its keys) is "
-                "not implemented for Qwen2.5-VL yet; 'pooling_head' (Tango's mean-query attention) is")
-        if source != "pooling_head":
-            raise ValueError(f"attention source {source!r}; valid: 'pooling_head', 'last_layer'")
+        sources = {"pooling_head": mean_query_attention, "last_layer": received_attention}
+        if source not in sources:
+            raise ValueError(f"attention source {source!r}; valid: {sorted(sources)}")
         visual = self.model.model.visual
         block = visual.blocks[visual.fullatt_block_indexes[-1]]
 
         def hook(mod, args, kwargs, out):
             hidden = args[0] if args else kwargs["hidden_states"]
-            captured["attn"] = mean_query_attention(mod, hidden, kwargs["position_embeddings"], grid_thw,
-                                                    visual.config)
-            return None
+            captured.update(sources[source](mod, hidden, kwargs["position_embeddings"], grid_thw, visual.config))
 
         handle = block.attn.register_forward_hook(hook, with_kwargs=True)
         try:
@@ -234,8 +233,31 @@ class Qwen25VL:
         return ids_p, pos_p
 
 
+def _qk(attn_mod, hidden: torch.Tensor, position_embeddings):
+    """The block's RoPE'd queries and keys ``[S, H, hd]`` and its keys before RoPE, recomputed from ``qkv``."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+        apply_rotary_pos_emb_vision,
+    )
+
+    s = hidden.shape[0]
+    q, k, _ = attn_mod.qkv(hidden).reshape(s, 3, attn_mod.num_heads, attn_mod.head_dim).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q_rot, k_rot = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    return q_rot, k_rot, k
+
+
+def _to_raster(window_order: torch.Tensor, grid_thw: torch.Tensor, vision_cfg) -> torch.Tensor:
+    """``[T * L, ...]`` merged tokens in the ViT's window order -> ``[T, L, ...]`` raster order."""
+    from transformers.vision_utils import get_vision_window_index
+
+    window_index, _ = get_vision_window_index(grid_thw, vision_cfg.spatial_merge_size, vision_cfg.window_size,
+                                              vision_cfg.patch_size)
+    raster = window_order[torch.argsort(window_index.to(window_order.device))]
+    return raster.view(int(grid_thw[0, 0]), -1, *window_order.shape[1:])
+
+
 def mean_query_attention(attn_mod, hidden: torch.Tensor, position_embeddings, grid_thw: torch.Tensor,
-                         vision_cfg) -> torch.Tensor:
+                         vision_cfg) -> dict[str, torch.Tensor]:
     """Tango's Qwen2.5-VL saliency from one full-attention ViT block, in raster order of the merged grid.
 
     Args:
@@ -246,23 +268,36 @@ def mean_query_attention(attn_mod, hidden: torch.Tensor, position_embeddings, gr
     Returns:
         ``attn [grid_t, L]`` fp32, each row summing to 1.
     """
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-    from transformers.vision_utils import get_vision_window_index
-
     t, h, w = (int(v) for v in grid_thw[0])
     unit = vision_cfg.spatial_merge_size ** 2
-    s, heads, hd = hidden.shape[0], attn_mod.num_heads, attn_mod.head_dim
-    q, k, _ = attn_mod.qkv(hidden).reshape(s, 3, heads, hd).permute(1, 0, 2, 3).unbind(0)
-    cos, sin = position_embeddings
-    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-    # Window order keeps temporal patches contiguous (windows never cross them): rows [i*h*w, (i+1)*h*w) are patch i.
+    heads, hd = attn_mod.num_heads, attn_mod.head_dim
+    q, k, _ = _qk(attn_mod, hidden, position_embeddings)
+    # Window order keeps temporal patches contiguous (windows never cross them): rows [i*h*w, (i+1)*h*w) are patch i,
+    # and each 2x2 merge unit is 4 consecutive rows.
     q = q.float().transpose(0, 1).reshape(heads, t, h * w, hd).mean(2, keepdim=True)      # [H, T, 1, hd]
     k = k.float().transpose(0, 1).reshape(heads, t, h * w // unit, unit, hd).mean(3)       # [H, T, L, hd]
     weights = torch.softmax((q @ k.transpose(-1, -2)) * attn_mod.scaling, dim=-1)          # [H, T, 1, L]
-    window_order = weights[:, :, 0].mean(0).reshape(-1)                                    # [T * L], window order
-    window_index, _ = get_vision_window_index(grid_thw, vision_cfg.spatial_merge_size, vision_cfg.window_size,
-                                              vision_cfg.patch_size)
-    return window_order[torch.argsort(window_index.to(window_order.device))].view(t, -1)
+    return {"attn": _to_raster(weights[:, :, 0].mean(0).reshape(-1), grid_thw, vision_cfg)}
+
+
+def received_attention(attn_mod, hidden: torch.Tensor, position_embeddings, grid_thw: torch.Tensor,
+                       vision_cfg) -> dict[str, torch.Tensor]:
+    """VisionZip's source on Qwen2.5-VL, from the same full-attention block (the last block in released configs).
+
+    ``attn [grid_t, L]``: attention each patch receives within its temporal patch (softmax over that temporal
+    patch's patches, mean over heads and queries), then the mean over each 2x2 merge unit (the analogue of LLaVA's
+    2x2 pooling, so rows sum to 1/4). ``metric [grid_t, L, head_dim]``: the block's keys **before** RoPE (content only,
+    like SigLIP's keys), mean over heads and over the merge unit. Frame by frame: ``[H, n, n]`` at a time."""
+    _, h, w = (int(v) for v in grid_thw[0])
+    unit = vision_cfg.spatial_merge_size ** 2
+    n = h * w
+    q, k, k_raw = _qk(attn_mod, hidden, position_embeddings)
+    received = torch.cat([
+        torch.softmax((qf.transpose(0, 1) @ kf.permute(1, 2, 0)).float() * attn_mod.scaling, dim=-1).mean(dim=(0, 1))
+        for qf, kf in zip(q.split(n), k.split(n))])                                        # [S], window order
+    attn = received.view(-1, unit).mean(1)
+    metric = k_raw.float().mean(1).view(-1, unit, attn_mod.head_dim).mean(1)
+    return {"attn": _to_raster(attn, grid_thw, vision_cfg), "metric": _to_raster(metric, grid_thw, vision_cfg)}
 
 
 def _window_lengths(n: int, size: int) -> list[int]:
