@@ -47,6 +47,8 @@ class TaskConfig:
     name: str = MISSING                   # config key
     lmms_task: str = MISSING              # lmms-eval task (or group) name
     include_path: Optional[str] = None    # folder with local task YAMLs, passed to TaskManager(include_path=...)
+    data_root: Optional[str] = None       # local benchmark data ($HF_HOME layout): the runner writes the override
+                                          # YAMLs for it into include_path (tango.tasks.write_local_tasks)
     metric: str = "acc"                   # metric key in lmms-eval's results (filter `none`)
     metric_scale: float = 1.0             # multiplier that puts the metric on 0-100 (100 for 0-1 fractions)
     synthetic: Optional[SyntheticConfig] = None

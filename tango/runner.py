@@ -90,6 +90,10 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
         from tango.data.synthetic import ensure_synthetic_task
 
         ensure_synthetic_task(task.include_path, task_name=task.lmms_task, **OmegaConf.to_container(task.synthetic))
+    if task.data_root is not None:
+        from tango.tasks import write_local_tasks
+
+        write_local_tasks(task.data_root, task.include_path, [task.lmms_task])
     tm = TaskManager(include_path=task.include_path) if task.include_path else TaskManager()
     check_videos([task.lmms_task], tm, cfg.limit)
     device = resolve_device(cfg.device)
