@@ -40,6 +40,10 @@ selection at layers ``< kv_layer`` every step, so stable steps use the full cach
 Intentional deviations from the reference:
 
 - ``budget`` mapping and the ``"ttm_cap"`` variant above (the reference has only ``k``).
+- Similarities are ``<a, b> / (|a| |b|)`` over strided frame views, with each token's norm computed once (the
+  reference normalises, then calls ``cosine_similarity``, which normalises again, on copied frames): the same values
+  up to float rounding, so only near-ties (relative gap ~1e-7) can order differently. Computed in ``x``'s dtype, as
+  the reference.
 - N <= 4: pass 2 is skipped; the reference crashes (``torch.stack`` of an empty list). N < 2 raises.
 - ``drop_odd_last_frame=False`` keeps the last frame of an odd-length video as an anchor; the default reproduces the
   reference, which silently drops it.
@@ -85,6 +89,29 @@ def ttm_schedule(num_frames: int, drop_odd_last_frame: bool = True) -> tuple[Ten
     return kind, ref
 
 
+def _cos(x: Tensor, norm: Tensor, a: slice, b: slice) -> Tensor:
+    """Cosine of same-position tokens of frames ``x[a]`` and ``x[b]`` (strided views: no copies) -> ``[F, L]``."""
+    dot = torch.linalg.vecdot(x[a], x[b], dim=-1)
+    return dot / (norm[a] * norm[b]).clamp_min(1e-8)
+
+
+def _neighbour_similarity(x: Tensor, n_used: int, with_anchors: bool) -> Tensor:
+    """``[N_used, L]`` similarity of each token to the same position in its TTM reference frame (ttm_schedule)."""
+    n, length, _ = x.shape
+    norm = x.norm(dim=-1)
+    sim = torch.zeros(n_used, length, dtype=x.dtype, device=x.device)
+    odd = n_used // 2
+    sim[1:n_used:2] = _cos(x, norm, slice(1, 2 * odd, 2), slice(0, 2 * odd - 1, 2))
+    if with_anchors:  # ttm_cap: even frames vs the previous frame, frame 0 vs frame 1; pass-2 rows overwritten below
+        even = (n_used - 1) // 2
+        sim[2:n_used:2] = _cos(x, norm, slice(2, 2 * even + 1, 2), slice(1, 2 * even, 2))
+        sim[0] = _cos(x, norm, slice(0, 1), slice(1, 2))[0]
+    pass2 = len(range(2, n - 2, 4))
+    if pass2:
+        sim[2 : 4 * pass2 - 1 : 4] = _cos(x, norm, slice(2, 4 * pass2 - 1, 4), slice(0, 4 * pass2 - 3, 4))
+    return sim
+
+
 def ttm_indices(x: Tensor, keep: int, anchor_keep: Optional[int] = None, drop_odd_last_frame: bool = True) -> Tensor:
     """Flat source indices (``frame * L + l``) kept by TTM, in output order.
 
@@ -98,16 +125,11 @@ def ttm_indices(x: Tensor, keep: int, anchor_keep: Optional[int] = None, drop_od
         ``[M]`` long indices; ``x.reshape(-1, D)[indices]`` are the output tokens.
     """
     n, length, _ = x.shape
-    kind, ref = ttm_schedule(n, drop_odd_last_frame)
-    kind, ref = kind.to(x.device), ref.to(x.device)
+    kind = ttm_schedule(n, drop_odd_last_frame)[0].to(x.device)
     n_used = kind.numel()
-    a, b = x[:n_used], x[ref]
-    # The reference normalises before the pass-1 cosine but not before the pass-2 one; both are kept so that
-    # near-tied similarities order exactly as upstream.
-    sim_norm = F.cosine_similarity(F.normalize(a, p=2, dim=-1), F.normalize(b, p=2, dim=-1), dim=-1)
-    sim = torch.where((kind == PASS2).unsqueeze(1), F.cosine_similarity(a, b, dim=-1), sim_norm)
     full = (kind == ANCHOR) if anchor_keep is None else torch.zeros_like(kind, dtype=torch.bool)
     count = torch.where(kind == ANCHOR, length if anchor_keep is None else anchor_keep, keep)
+    sim = _neighbour_similarity(x, n_used, with_anchors=anchor_keep is not None)
     order = torch.arange(length, device=x.device).expand(n_used, length).clone()
     kmax = int(count[~full].max()) if bool((~full).any()) else 0
     if kmax > 0:
@@ -226,6 +248,8 @@ class DyCoke(PruningMethod):
             "anchor_frames": plan["anchor_frames"],
             "dropped_frames": plan["dropped_frames"],
             "ttm_floor": plan["ttm_floor"],
+            # Stage 2 acts on decode steps only: every layer sees the TTM output at prefill.
+            "tokens_layer_avg": idx.numel(),
             # Visual KV entries attended at layers >= kv_layer on a pruned decode step (reference off-by-one kept).
             "kv_tokens_pruned_step": idx.numel() - image_len + kv_keep if self.kv_pruning else idx.numel(),
         }

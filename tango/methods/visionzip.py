@@ -36,8 +36,9 @@ Intentional deviations from the reference:
 
 - ``S = round(L * budget)`` per frame; HoliTom's scripts set ``SPATIAL_TOKENS`` 20/30/40/50 by hand for budgets
   0.10/0.15/0.20/0.25, whereas ``round(196 * r)`` gives 20/29/39/49.
-- ``contextual == 0`` (``S < 2``) returns the dominant tokens only; the reference divides by zero.
-- Merging uses ``scatter_add`` instead of a one-hot ``bmm``: same sums, float rounding may differ in the last bits.
+- ``contextual == 0`` (only with ``dominant_ratio=1``) returns the dominant tokens only; the reference divides by zero.
+- The merge ``bmm`` runs over all ``L`` source positions (zeros for non-members) instead of a gathered copy of the
+  non-dominant rows: same sums, float rounding may differ in the last bits.
 - ``budget == 1`` returns the input unchanged (the reference would reorder and "merge" zero members).
 - ``sort_by_position=True`` pairs every token with its own position. The reference's ``grid`` path does not: it
   gathers the dominant *positions* in top-k order but the dominant *tokens* in ascending order, then sorts both by
@@ -95,17 +96,20 @@ def visionzip_frames(
         is_tgt = torch.zeros(rest, dtype=torch.bool, device=x.device)
         is_tgt[tgt] = True
         mem = (~is_tgt).nonzero().squeeze(1)
+        tgt_pos, mem_pos = rest_pos[:, tgt], rest_pos[:, mem]
         m = metric.gather(1, rest_pos.unsqueeze(-1).expand(-1, -1, metric.shape[-1]))
         m = m / m.norm(dim=-1, keepdim=True)
         assign = torch.bmm(m[:, mem], m[:, tgt].transpose(1, 2)).argmax(dim=2)  # [N, |mem|]
-        x_rest = x.gather(1, rest_pos.unsqueeze(-1).expand(-1, -1, d))
-        summed = torch.zeros(n, contextual, d, dtype=x.dtype, device=x.device)
-        summed.scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, d), x_rest[:, mem])
-        counts = torch.zeros(n, contextual, dtype=x.dtype, device=x.device)
-        counts.scatter_add_(1, assign, torch.ones_like(assign, dtype=x.dtype))
-        ctx_tokens = x_rest[:, tgt] + summed / counts.clamp(min=1).unsqueeze(-1)
+        # One-hot [N, contextual, L] over source positions, as the reference's bmm merge but indexing x in place:
+        # x is read once instead of being gathered into a non-dominant copy first.
+        onehot = torch.zeros(n, contextual * length, dtype=x.dtype, device=x.device)
+        onehot.scatter_(1, assign * length + mem_pos, 1.0)
+        onehot = onehot.view(n, contextual, length)
+        summed = torch.bmm(onehot, x)
+        counts = onehot.sum(-1, keepdim=True).clamp(min=1)
+        ctx_tokens = x.gather(1, tgt_pos.unsqueeze(-1).expand(-1, -1, d)) + summed / counts
         tokens = torch.cat([dom_tokens, ctx_tokens], dim=1)
-        positions = torch.cat([dom_pos, rest_pos[:, tgt]], dim=1)
+        positions = torch.cat([dom_pos, tgt_pos], dim=1)
     if sort_by_position:
         positions, perm = positions.sort(dim=1)
         tokens = tokens.gather(1, perm.unsqueeze(-1).expand(-1, -1, d))

@@ -1,0 +1,195 @@
+"""Latency of each pruning method's ``prune`` on LLaVA-OV-sized inputs, written as a CSV.
+
+Times every method in ``tango.methods.METHODS`` that is implemented (a method raising ``NotImplementedError`` is
+skipped and reported) on random inputs shaped like LLaVA-OneVision-7B video tokens: ``x [frames, 196, 3584]``
+(projected, pooled; bf16 and fp32), ``attn [frames, 196]`` (random, normalised per frame), ``timestamps [frames]``,
+``grid = (14, 14)`` and ``metric [frames, 196, 72]`` (SigLIP keys, head-averaged, as VisionZip's adapter feeds
+it). The timed region is one ``prune`` call, inputs already on the device; in-LLM methods (FastV, DyCoke stage 2)
+only plan there, so their in-decoder cost is not in this table. Warm-up calls first, then the median and p90 of
+``--repeats`` calls: CUDA events on GPU, ``time.perf_counter`` on CPU.
+
+Output: ``results/methods/bench_<device>.csv`` (``bench_<device>_smoke.csv`` with ``--smoke``), one row per device x
+dtype x frames x method x budget with the device name, torch version, thread count, median / p90 ms, realised
+``tokens_in`` / ``tokens_out``, the host's 1-minute load average and the date.
+
+Examples::
+
+    python scripts/bench_methods.py --smoke                                   # tiny sizes, a few seconds, CI
+    python scripts/bench_methods.py                                           # 32/64/128/256 frames, CPU (+ CUDA)
+    python scripts/bench_methods.py --frames 32 64 --dtypes float32 --repeats 5 --devices cpu
+    python scripts/bench_methods.py --methods visionzip dycoke --budgets 0.1 0.25 --devices cuda
+    python scripts/bench_methods.py --methods tango --frames 32 --append      # add rows to the existing CSV
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tango.methods import METHODS  # noqa: E402
+
+FIELDS = ["date", "device", "device_name", "torch", "threads", "dtype", "frames", "tokens_per_frame", "dim",
+          "method", "budget", "median_ms", "p90_ms", "repeats", "tokens_in", "tokens_out", "load_avg_1m"]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def load_average() -> float | None:
+    """1-minute load average of the host (shared machines make CPU timings noisy), None where unavailable."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def time_ms(fn, device: str, warmup: int, repeats: int) -> list[float]:
+    """Wall time of ``fn()`` in ms, ``repeats`` times after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def p90(values: list[float]) -> float:
+    """Nearest-rank 90th percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def make_inputs(frames: int, grid: tuple[int, int], dim: int, metric_dim: int, dtype, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    length = grid[0] * grid[1]
+    x = torch.randn(frames, length, dim, generator=g).to(device=device, dtype=dtype)
+    attn = torch.rand(frames, length, generator=g)
+    attn = (attn / attn.sum(1, keepdim=True)).to(device)
+    timestamps = (torch.arange(frames, dtype=torch.float32) * 2.0).to(device)
+    metric = torch.randn(frames, length, metric_dim, generator=g).to(device=device, dtype=dtype)
+    return x, attn, timestamps, metric
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (4x16x64, 1 warm-up, 3 repeats) for CI")
+    p.add_argument("--frames", type=int, nargs="+", default=[32, 64, 128, 256])
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25])
+    p.add_argument("--methods", nargs="+", default=None, help="subset of tango.methods.METHODS (default: all)")
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
+    p.add_argument("--dim", type=int, default=3584)
+    p.add_argument("--grid", type=int, nargs=2, default=[14, 14])
+    p.add_argument("--metric-dim", type=int, default=72)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "results" / "methods")
+    p.add_argument("--append", action="store_true", help="append rows to an existing CSV instead of replacing it")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.frames, args.dim, args.grid, args.metric_dim = [4], 64, [4, 4], 8
+        args.warmup, args.repeats, args.budgets = 1, 3, [0.25]
+    return args
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    names = args.methods or list(METHODS)
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; valid: {sorted(METHODS)}")
+    grid = tuple(args.grid)
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    skipped: dict[str, str] = {}
+    paths = []
+    for device in devices:
+        rows = []
+        slug = "cpu" if device == "cpu" else re.sub(r"[^A-Za-z0-9]+", "_", device_name(device)).strip("_").lower()
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            for frames in args.frames:
+                x, attn, timestamps, metric = make_inputs(frames, grid, args.dim, args.metric_dim, dtype, device)
+                for name in names:
+                    if name in skipped:
+                        continue
+                    method = METHODS[name]()
+                    for budget in [1.0] if name == "none" else args.budgets:
+                        def call(method=method, budget=budget):
+                            return method.prune(x, budget=budget, attn=attn, timestamps=timestamps, grid=grid,
+                                                metric=metric)
+                        try:
+                            sel = call()
+                        except NotImplementedError as err:
+                            skipped[name] = f"not implemented ({err})"
+                            break
+                        except ValueError as err:  # e.g. an infeasible budget for this method's settings
+                            print(f"skip {name} budget={budget}: {err}", flush=True)
+                            continue
+                        times = time_ms(call, device, args.warmup, args.repeats)
+                        row = dict(date=date, device=device, device_name=device_name(device), torch=torch.__version__,
+                                   threads=torch.get_num_threads(), dtype=dtype_name, frames=frames,
+                                   tokens_per_frame=grid[0] * grid[1], dim=args.dim, method=name, budget=budget,
+                                   median_ms=round(statistics.median(times), 4), p90_ms=round(p90(times), 4),
+                                   repeats=len(times), tokens_in=sel.stats.get("tokens_in"),
+                                   tokens_out=sel.stats.get("tokens_out"), load_avg_1m=load_average())
+                        rows.append(row)
+                        print(f"{device:5s} {dtype_name:8s} {frames:4d}f {name:10s} b={budget:<5g} "
+                              f"median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
+                              f"tokens {row['tokens_in']} -> {row['tokens_out']}", flush=True)
+                del x, attn, timestamps, metric
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        path = args.out_dir / f"bench_{slug}{'_smoke' if args.smoke else ''}.csv"
+        new = not (args.append and path.exists())
+        with path.open("w" if new else "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {len(rows)} rows to {path}", flush=True)
+        paths.append(path)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}", flush=True)
+    return paths[-1] if paths else args.out_dir
+
+
+if __name__ == "__main__":
+    main()
