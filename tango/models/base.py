@@ -53,3 +53,67 @@ def load_adapter(family: str, **kwargs):
         raise ValueError(f"unknown model family {family!r}; valid: {sorted(ADAPTERS) + list(PLANNED)}")
     module, cls = ADAPTERS[family].rsplit(".", 1)
     return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, method, budget: float, video_token_id: int,
+                       n_vis: int, max_new_tokens: int, stop: list[str] | None, **generate_kwargs):
+    """The LLM half shared by the adapters: greedy ``generate`` on the assembled ``inputs_embeds`` under the
+    method's decoder hooks, with the prefill / decode split taken from the first LLM forward.
+
+    Args:
+        sw, t_start: the request's :class:`~tango.timing.Stopwatch` with ``vision`` and ``pruning`` recorded, and
+            the request's start mark.
+        embeds, ids: ``[1, S, D]`` / ``[1, S]`` the prompt the LLM sees (video span already pruned).
+        n_vis: prunable visual positions at the start of the video span (in-LLM methods never drop the rest).
+    Returns:
+        ``(text, stats, per_layer)``: the answer, the per-request figures, and the sequence length per decoder
+        layer (an int when every layer sees the same length) for the FLOPs count.
+    """
+    from tango.models.inllm import method_hooks
+
+    layers = model.model.language_model.layers
+    span = torch.nonzero(ids[0] == video_token_id)[:, 0]
+    marks: list = []
+    hook = model.model.language_model.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
+    t_llm = sw.now()
+    try:
+        with method_hooks(method, layers, image_start=int(span[0]), image_len=n_vis, budget=budget) as state:
+            out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
+    finally:
+        hook.remove()
+    t_end = sw.now()
+    sw.span("llm_prefill", t_llm, marks[0])
+    sw.span("ttft", t_start, marks[0])  # vision + pruning + embedding assembly + LLM prefill
+    sw.span("decode", marks[0], t_end)
+    ms = sw.results()
+    new_tokens = out.shape[1]
+    text = processor.batch_decode(out, skip_special_tokens=True)[0]
+    for s in stop or []:
+        if s and s in text:
+            text = text[: text.index(s)]
+    seq = int(ids.shape[1])
+    stats = {
+        "tokens_in": int(sel.stats["tokens_in"]),
+        "tokens_out": int(sel.stats["tokens_out"]),
+        "prompt_tokens": seq,
+        "new_tokens": int(new_tokens),
+        "vision_ms": ms["vision"],
+        "attention_ms": None,  # the attention source is read inside the tower's forward: included in vision_ms
+        "pruning_ms": ms["pruning"],
+        "llm_prefill_ms": ms["llm_prefill"],
+        "ttft_ms": ms["ttft"],
+        "decode_tok_s": (new_tokens - 1) / (ms["decode"] / 1e3) if new_tokens > 1 and ms["decode"] > 0 else None,
+        "tokens_layer_avg": int(sel.stats["tokens_out"]),
+    }
+    per_layer: int | list[int] = seq
+    if "keep" in state:  # dropped inside the LLM: layers >= K see the kept positions only
+        k, dropped = method.layer, seq - int(state["keep"].numel())
+        per_layer = [seq] * k + [seq - dropped] * (len(layers) - k)
+        vis = [n_vis] * k + [n_vis - dropped] * (len(layers) - k)
+        stats["tokens_layer_avg"] = sum(vis) / len(vis)
+        stats["tokens_after_layer"] = vis[-1]
+    if "pruned_steps" in state:  # decode-time KV selection
+        stats["kv_steps"], stats["kv_pruned_steps"] = state["steps"], state["pruned_steps"]
+    stats.update({f"method/{k}": v for k, v in sel.stats.items() if k not in ("tokens_in", "tokens_out")})
+    return text.strip(), stats, per_layer, ms

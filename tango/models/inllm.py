@@ -12,7 +12,7 @@ Batch 1 (the harness answers one request at a time).
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor
@@ -77,3 +77,81 @@ def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor]):
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def restrict_decode_attention(layers, k: int, select: Callable[[Tensor], Tensor | None]):
+    """Decode-time KV selection (DyCoke stage 2): at every decode step, ``select(row [H, S])`` on layer ``k-1``'s
+    attention row of the new token over the whole cache returns the positions layers ``>= k`` may attend to (or
+    None: the full cache). The cache itself stays whole, as in the reference; the selection is applied as an
+    attention mask, so outputs equal attending over the gathered subset, but the decode attention FLOPs the
+    reference saves by gathering are not saved here. Yields counters ``steps`` and ``pruned_steps``."""
+    if not 1 <= k < len(layers):
+        raise ValueError(f"decode-time KV layer L={k} is outside the valid range [1, {len(layers) - 1}]")
+    state: dict = {"steps": 0, "pruned_steps": 0, "step_keep": None}
+
+    def on_row(mod, args, kwargs, out):
+        if kwargs["hidden_states"].shape[1] != 1:  # prefill: stage 2 acts on decode steps only
+            state["step_keep"] = None
+            return
+        state["step_keep"] = select(last_token_attention(mod, kwargs))
+        state["steps"] += 1
+        state["pruned_steps"] += state["step_keep"] is not None
+
+    def pre(i):
+        def hook(mod, args, kwargs):
+            keep = state["step_keep"]
+            if keep is None or args[0].shape[1] != 1:
+                return None
+            kv_len = kwargs["past_key_values"].get_seq_length(i) + 1  # this layer's keys once the new one is added
+            if keep.numel() == kv_len:  # nothing excluded: leave the kernel choice untouched
+                return None
+            allowed = torch.zeros(kv_len, dtype=torch.bool, device=args[0].device)
+            allowed[keep] = True
+            m = kwargs.get("attention_mask")
+            if m is None:
+                kwargs["attention_mask"] = allowed.view(1, 1, 1, kv_len)
+            elif m.dtype == torch.bool:
+                kwargs["attention_mask"] = m & allowed
+            else:  # additive float mask (eager)
+                kwargs["attention_mask"] = m.masked_fill(~allowed, torch.finfo(m.dtype).min)
+            return args, kwargs
+        return hook
+
+    handles = [layers[k - 1].self_attn.register_forward_hook(on_row, with_kwargs=True)]
+    try:
+        handles += [layers[i].register_forward_pre_hook(pre(i), with_kwargs=True) for i in range(k, len(layers))]
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def method_hooks(method, layers, *, image_start: int, image_len: int, budget: float):
+    """The decoder hooks a method needs, as a context manager yielding its state dict.
+
+    Args:
+        image_start / image_len: the prunable visual span in the prompt the LLM sees.
+    """
+    if method.stage == "pre_llm":
+        return nullcontext({})
+    if method.stage == "in_llm" and hasattr(method, "select"):  # FastV: drop at layer K
+        if method.num_layers != len(layers):
+            raise ValueError(f"method.num_layers={method.num_layers} but this model's decoder has {len(layers)} "
+                             f"layers; set it in configs/model_method/<model>_{method.name}.yaml")
+        return drop_tokens_after(layers, method.layer, lambda row: method.select(
+            row, image_start=image_start, image_len=image_len, budget=budget))
+    if method.stage == "both" and hasattr(method, "kv_select"):  # DyCoke: TTM before, KV selection while decoding
+        if not method.kv_pruning:
+            return nullcontext({})
+        start, length = method.kv_image_span(image_start, image_len)
+        prev: dict = {"attn": None}
+
+        def select(row):
+            step = method.kv_select(row, prev["attn"], image_start=start, image_len=length)
+            prev["attn"] = step.image_attn
+            return step.keep
+        return restrict_decode_attention(layers, method.kv_layer, select)
+    raise NotImplementedError(
+        f"method {method.name!r} acts inside the LLM in a way this adapter does not wire yet (stage "
+        f"{method.stage!r}; e.g. Tango's LLaVA-Video inner stage)")

@@ -31,15 +31,14 @@ patch (mean over heads and queries) and the block's pre-RoPE keys, both averaged
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from tango.flops import _get, llm_prefill_flops
 from tango.methods.base import PruningMethod
-from tango.models.base import Generation, resolve_dtype
-from tango.models.inllm import drop_tokens_after
+from tango.models.base import Generation, prefill_and_decode, resolve_dtype
 from tango.timing import Stopwatch
 from tango.video import Clip
 
@@ -123,14 +122,6 @@ class Qwen25VL:
     @torch.inference_mode()
     def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
                  max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
-        layers = self.model.model.language_model.layers
-        if method.stage == "both":
-            raise NotImplementedError(
-                f"method {method.name!r} is configured to act inside the LLM as well (stage 'both': e.g. DyCoke's "
-                "decode-time KV pruning, Tango's LLaVA-Video stage); that stage is not wired into this adapter yet")
-        if method.stage == "in_llm" and method.num_layers != len(layers):
-            raise ValueError(f"method.num_layers={method.num_layers} but this model's decoder has {len(layers)} "
-                             f"layers; set it in configs/model_method/<model>_{method.name}.yaml")
         ids = inputs["input_ids"]
         thw = inputs["video_grid_thw"]
         if ids.shape[0] != 1 or thw.shape[0] != 1:
@@ -158,59 +149,15 @@ class Qwen25VL:
         # What the model itself stores after a prefill; generate() does not read it when position_ids are passed.
         self.model.model.rope_deltas = (pos_p.amax(dim=(0, 2)) + 1 - ids_p.shape[1])[:, None]
 
-        lm = self.model.model.language_model
-        marks: list = []
-        hook = lm.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
-        span = torch.nonzero(is_video_p[0])[:, 0]
-        n_vis = int(span.numel())
-        in_llm = (drop_tokens_after(layers, method.layer, lambda row: method.select(
-            row, image_start=int(span[0]), image_len=n_vis, budget=budget))
-            if method.stage == "in_llm" else nullcontext({}))
-        t_llm = sw.now()
-        try:
-            with in_llm as dropped:
-                out = self.model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_p),
-                                          position_ids=pos_p, max_new_tokens=max_new_tokens, do_sample=False)
-        finally:
-            hook.remove()
-        t_end = sw.now()
-        sw.span("llm_prefill", t_llm, marks[0])
-        sw.span("ttft", t_start, marks[0])  # vision + pruning + embedding/position assembly + LLM prefill
-        sw.span("decode", marks[0], t_end)
-        ms = sw.results()
-        new_tokens = out.shape[1]
-        text = self.processor.batch_decode(out, skip_special_tokens=True)[0]
-        for s in stop or []:
-            if s and s in text:
-                text = text[: text.index(s)]
-        stats = {
-            "tokens_in": int(sel.stats.get("tokens_in", n * length)),
-            "tokens_out": int(sel.stats.get("tokens_out", sel.tokens.shape[0])),
-            "prompt_tokens": int(ids_p.shape[1]),
-            "new_tokens": int(new_tokens),
-            "vision_ms": ms["vision"],
-            "attention_ms": None,  # the attention source is recomputed inside the tower: included in vision_ms
-            "pruning_ms": ms["pruning"],
-            "llm_prefill_ms": ms["llm_prefill"],
-            "ttft_ms": ms["ttft"],
-            "decode_tok_s": (new_tokens - 1) / (ms["decode"] / 1e3) if new_tokens > 1 and ms["decode"] > 0 else None,
-        }
-        seq = int(ids_p.shape[1])
-        if "keep" in dropped:  # in-LLM: layers >= K see the kept positions only
-            kept = int(dropped["keep"].numel())
-            per_layer = [seq] * method.layer + [kept] * (len(layers) - method.layer)
-            vis_layers = [n_vis] * method.layer + [n_vis - (seq - kept)] * (len(layers) - method.layer)
-            stats["tokens_layer_avg"] = sum(vis_layers) / len(vis_layers)
-            stats["tokens_after_layer"] = vis_layers[-1]
-        else:
-            per_layer = seq
-            stats["tokens_layer_avg"] = stats["tokens_out"]
+        text, stats, per_layer, ms = prefill_and_decode(
+            self.model, self.processor, sw, t_start, embeds=embeds, ids=ids_p, sel=sel, method=method, budget=budget,
+            video_token_id=self.video_token_id, n_vis=int(is_video_p.sum()), max_new_tokens=max_new_tokens, stop=stop,
+            position_ids=pos_p)
         flops = qwen2_5_vl_prefill_flops(self.model.config, (n, gh, gw), per_layer)
         stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
         stats["tflops_prefill"] = sum(flops.values()) / 1e12
         stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
-        stats.update({f"method/{k}": v for k, v in sel.stats.items() if k not in ("tokens_in", "tokens_out")})
-        return Generation(text=text.strip(), stats=stats)
+        return Generation(text=text, stats=stats)
 
     def pruned_positions(self, inputs: dict, indices: torch.Tensor, kept: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt ids with ``kept`` video placeholders and their 3-D M-RoPE ids ``[3, 1, S']``.

@@ -115,3 +115,71 @@ def test_fastv_through_the_adapter_keeps_the_layer_averaged_budget(tiny_llava_di
     assert gen.stats["tokens_layer_avg"] == (256 + keep) / 2
     with pytest.raises(ValueError, match="infeasible"):
         adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.4, max_new_tokens=1)
+
+
+def test_decode_restriction_keeping_everything_is_bit_exact(model, embeds):
+    from tango.models.inllm import restrict_decode_attention
+
+    with torch.inference_mode():
+        ref = model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        with restrict_decode_attention(model.model.language_model.layers, 1,
+                                       lambda row: torch.arange(row.shape[-1])) as state:
+            got = model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+    assert torch.equal(ref.sequences, got.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(ref.logits, got.logits))
+    assert state["steps"] == 3 and state["pruned_steps"] == 3
+
+
+def test_decode_restriction_matches_a_masked_recompute(tiny_llava_dir, embeds):
+    """DyCoke stage 2: the first decode step at layers >= L attends only to the selected cache positions. Reference:
+    the whole sequence recomputed without a cache, with a 4-D mask whose last row hides the other positions from
+    layer L on."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from tango.models.inllm import restrict_decode_attention
+
+    eager = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_dir, attn_implementation="eager").eval()
+    layers = eager.model.language_model.layers
+    keep = torch.cat([torch.arange(0, 40, 3), torch.tensor([40])])  # a subset of the prompt + the new token
+    with torch.inference_mode():
+        with restrict_decode_attention(layers, 1, lambda row: keep):
+            got = eager.generate(inputs_embeds=embeds, max_new_tokens=2, min_new_tokens=2, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
+        tok = got.sequences[:, :1]
+        full = torch.cat([embeds, eager.get_input_embeddings()(tok)], dim=1)  # [1, 41, D]
+        mask = torch.full((41, 41), torch.finfo(full.dtype).min).triu(1)
+        last = torch.full((41,), torch.finfo(full.dtype).min)
+        last[keep] = 0.0
+        restricted = mask.clone()
+        restricted[-1] = last
+
+        def pre(mod, args, kwargs):
+            kwargs["attention_mask"] = restricted[None, None]
+            return args, kwargs
+
+        handle = layers[1].register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            ref = eager(inputs_embeds=full, attention_mask=torch.ones(1, 41, dtype=torch.long), use_cache=False,
+                        logits_to_keep=1).logits[:, -1]
+        finally:
+            handle.remove()
+    torch.testing.assert_close(got.logits[1], ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got.logits[1], eager(inputs_embeds=full, use_cache=False).logits[:, -1], atol=1e-4)
+
+
+def test_dycoke_through_the_adapter_runs_both_stages(tiny_llava_dir):
+    from omegaconf import OmegaConf
+
+    from tango.config import compose
+    from tango.models.base import load_adapter
+    from tango.video import Clip
+
+    adapter = load_adapter("llava_ov", pretrained=str(tiny_llava_dir), device=torch.device("cpu"), dtype="float32")
+    frames = np.random.RandomState(3).randint(0, 255, (16, 112, 112, 3), dtype=np.uint8)
+    clip = Clip(frames, np.arange(16), np.arange(16) / 8.0, 8.0, 16)
+    method = OmegaConf.to_object(compose(["method=dycoke", "budget=0.5"]).method)
+    gen = adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.5, max_new_tokens=4)
+    assert gen.stats["tokens_out"] < 256 and gen.stats["method/regime"] in ("ttm", "ttm_cap")
+    assert gen.stats["kv_steps"] == gen.stats["new_tokens"] - 1 and gen.stats["kv_pruned_steps"] >= 1
