@@ -54,8 +54,13 @@ def dpc_knn(
     rho = rho + torch.rand(rho.shape, generator=generator, dtype=rho.dtype).to(rho.device) * noise
     # delta_i = distance to the nearest denser point; the densest point gets the largest distance of its set.
     d_max = d.amax(dim=(1, 2), keepdim=True)
-    denser = rho[:, None, :] > rho[:, :, None]
-    delta = torch.where(denser, d, d_max).amin(dim=-1)
+    not_denser = rho[:, None, :] <= rho[:, :, None]
+    if b == 1 and dist is None:
+        # The big case (one segment-wide pool, M up to N*L): fill our own matrix in place, saving one [M, M]
+        # float buffer at the peak.
+        delta = d.masked_fill_(not_denser, d_max.item()).amin(dim=-1)
+    else:
+        delta = torch.where(not_denser, d_max, d).amin(dim=-1)
     return (rho * delta).topk(n_clusters, dim=-1).indices
 
 

@@ -69,33 +69,21 @@ def st_rope(
         raise ValueError(f"grid {(h, w)} does not match L={l} tokens per frame")
     sections = check_sections(sections, d)
     dev = x.device
-    x = x.float()
-    pos_t = timestamps.to(device=dev, dtype=torch.float32)
-    pos_h = torch.arange(h, device=dev, dtype=torch.float32)
-    pos_w = torch.arange(w, device=dev, dtype=torch.float32)
-    # Angle tables per axis, each [positions, d_s] with the half-size table repeated (rotate_half pairing).
-    ang_t, ang_h, ang_w = (
-        (p[:, None] * _inv_freq(b, s).to(dev)[None, :]).repeat(1, 2)
-        for p, b, s in ((pos_t, base_time, sections[0]), (pos_h, base_space, sections[1]), (pos_w, base_space, sections[2]))
+    x = x.float().reshape(n, h, w, d)
+    positions = (
+        timestamps.to(device=dev, dtype=torch.float32)[:, None, None, None],  # [N, 1, 1, 1]
+        torch.arange(h, device=dev, dtype=torch.float32)[None, :, None, None],  # [1, H, 1, 1]
+        torch.arange(w, device=dev, dtype=torch.float32)[None, None, :, None],  # [1, 1, W, 1]
     )
-    # Broadcast every section's table to [N, H, W, d_s] and lay them side by side: [N, L, D].
-    angles = torch.cat(
-        [
-            ang_t[:, None, None, :].expand(n, h, w, -1),
-            ang_h[None, :, None, :].expand(n, h, w, -1),
-            ang_w[None, None, :, :].expand(n, h, w, -1),
-        ],
-        dim=-1,
-    ).reshape(n, l, d)
-    # rotate_half inside each section: partner channel and sign.
-    idx, sign, start = [], [], 0
-    for s in sections:
-        half = s // 2
-        ar = torch.arange(start, start + s)
-        idx.append(torch.cat([ar[half:], ar[:half]]))
-        sign.append(torch.cat([-torch.ones(half), torch.ones(half)]))
-        start += s
-    idx = torch.cat(idx).to(dev)
-    sign = torch.cat(sign).to(dev)
-    rotated = x.index_select(-1, idx) * sign
-    return x * angles.cos() + rotated * angles.sin()
+    out, start = [], 0
+    for pos, base, size in zip(positions, (base_time, base_space, base_space), sections):
+        # cos/sin on the small per-axis half table, broadcast over the other axes. Written per half instead of
+        # upstream's x * cos + rotate_half(x) * sin: the same float operations on every element (a + (-b) == a - b),
+        # without the full-size rotated copy and angle tensors.
+        angle = pos * _inv_freq(base, size).to(dev)
+        cos, sin = angle.cos(), angle.sin()
+        half = size // 2
+        x1, x2 = x[..., start : start + half], x[..., start + half : start + size]
+        out += [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+        start += size
+    return torch.cat(out, dim=-1).reshape(n, l, d)

@@ -14,7 +14,6 @@ from torch import Tensor
 
 from tango.methods.dpc import assign_nearest, dpc_knn
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # Temporal video segmentation
 # --------------------------------------------------------------------------------------------------------------------
@@ -104,7 +103,9 @@ def fastvid_segments(sim: Tensor, n_cuts: int, tau: float) -> list[int]:
     cut = sim < tau
     cut[sim.topk(min(n_cuts, n1), largest=False).indices] = True
     # A cut at transition i ends a segment at frame i; sentinels -1 and N-1 close the first and last segments.
-    ends = torch.cat([torch.tensor([-1], device=sim.device), cut.nonzero().flatten(), torch.tensor([n1], device=sim.device)])
+    ends = torch.cat(
+        [torch.tensor([-1], device=sim.device), cut.nonzero().flatten(), torch.tensor([n1], device=sim.device)]
+    )
     return ends.diff().tolist()
 
 
@@ -138,7 +139,7 @@ def select_salient(
     Returns:
         ``[B, k']`` long local indices, ``k' = min(k, int(alpha * k))``, cluster order (unsorted).
     """
-    b, m, d = xr.shape
+    _, m, d = xr.shape
     n_cand = min(int(alpha * k), m)
     k = min(k, n_cand)
     if not diverse:
@@ -153,7 +154,23 @@ def select_salient(
     member = assign[..., None] == torch.arange(k, device=xr.device)  # [B, n_cand, k]
     masked = cand_score[..., None].masked_fill(~member, torch.finfo(cand_score.dtype).min)
     best = torch.where(member.any(dim=1), masked.argmax(dim=1), centres)  # first maximum: higher-ranked candidate
-    return cand.gather(1, best)
+    return cand.gather(1, _dedupe(best, n_cand))
+
+
+def _dedupe(best: Tensor, n_cand: int) -> Tensor:
+    """Replace repeated picks in ``best [B, k]`` (candidate ranks) by the best-ranked unpicked candidates.
+
+    Only identical clustering features produce repeats (an empty cluster's centre is another cluster's best
+    member, e.g. all-zero tokens); upstream then keeps the token twice.
+    """
+    same = best[:, :, None] == best[:, None, :]
+    repeat = torch.tril(same, diagonal=-1).any(dim=-1)  # [B, k]: an earlier slot holds the same candidate
+    if not bool(repeat.any()):
+        return best
+    used = torch.zeros(best.shape[0], n_cand, dtype=torch.bool, device=best.device).scatter_(1, best, True)
+    free = torch.argsort(used.to(torch.uint8), dim=1, stable=True)  # unpicked ranks first, ascending
+    nth_repeat = (repeat.cumsum(dim=1) - 1).clamp(min=0)
+    return torch.where(repeat, free.gather(1, nth_repeat), best)
 
 
 def merge_context(
@@ -190,18 +207,18 @@ def merge_context(
     centres = dpc_knn(xr, n_anchors, k_neighbors, generator=generator, noise=noise)  # score order
     asc = centres.sort(dim=1).values
     anchor_x = x.gather(1, asc[..., None].expand(-1, -1, d))
-    if merge:
-        assign = assign_nearest(xr, xr.gather(1, asc[..., None].expand(-1, -1, xr.shape[-1])))  # [B, P]
-        flat = (assign + torch.arange(b, device=x.device)[:, None] * n_anchors).flatten()
-        sums = torch.zeros(b * n_anchors, d, dtype=x.dtype, device=x.device).index_add_(0, flat, x.reshape(b * p, d))
-        counts = torch.zeros(b * n_anchors, 1, dtype=x.dtype, device=x.device).index_add_(
-            0, flat, torch.ones(b * p, 1, dtype=x.dtype, device=x.device)
-        )
-        counts = counts.clamp(min=1)
-        w = (1.0 / counts).clamp(min=beta).view(b, n_anchors, 1)
-        feats = w * anchor_x + (1 - w) * (sums / counts).view(b, n_anchors, d)
-    else:
-        feats = anchor_x
+    if not merge:
+        return asc, anchor_x  # no merged rows, so no write-back order to reproduce
+    assign = assign_nearest(xr, xr.gather(1, asc[..., None].expand(-1, -1, xr.shape[-1])))  # [B, P]
+    # One flat index_add over all rows: the same per-anchor summation order as upstream's index_add_.
+    flat = (assign + torch.arange(b, device=x.device)[:, None] * n_anchors).flatten()
+    sums = torch.zeros(b * n_anchors, d, dtype=x.dtype, device=x.device).index_add_(0, flat, x.reshape(b * p, d))
+    counts = torch.zeros(b * n_anchors, 1, dtype=x.dtype, device=x.device).index_add_(
+        0, flat, torch.ones(b * p, 1, dtype=x.dtype, device=x.device)
+    )
+    counts = counts.clamp(min=1)
+    w = (1.0 / counts).clamp(min=beta).view(b, n_anchors, 1)
+    feats = w * anchor_x + (1 - w) * (sums / counts).view(b, n_anchors, d)
     return (asc if fix_order else centres), feats
 
 
@@ -263,8 +280,9 @@ def compress(
     idx = [x.new_zeros(b, 0, dtype=torch.long)]
     feats = [x.new_zeros(b, 0, d)]
     if n_sal > 0:
-        sal = select_salient(xr, score, n_sal, alpha=alpha, k_neighbors=k_neighbors, diverse=diverse,
-                             generator=generator, noise=noise)
+        sal = select_salient(
+            xr, score, n_sal, alpha=alpha, k_neighbors=k_neighbors, diverse=diverse, generator=generator, noise=noise
+        )
         idx.append(sal)
         feats.append(gather_rows(x, sal))
     n_sal_out = idx[-1].shape[1]
@@ -275,9 +293,17 @@ def compress(
             idx.append(rest)
             feats.append(gather_rows(x, rest))
         else:
-            anchors, merged = merge_context(gather_rows(x, rest), gather_rows(xr, rest), n_ctx, k_neighbors=k_neighbors,
-                                            beta=beta, merge=merge, fix_order=fix_order, generator=generator,
-                                            noise=noise)
+            anchors, merged = merge_context(
+                gather_rows(x, rest),
+                gather_rows(xr, rest),
+                n_ctx,
+                k_neighbors=k_neighbors,
+                beta=beta,
+                merge=merge,
+                fix_order=fix_order,
+                generator=generator,
+                noise=noise,
+            )
             idx.append(rest.gather(1, anchors))
             feats.append(merged)
     idx_all = torch.cat(idx, dim=1)

@@ -128,6 +128,10 @@ class VisionZip(PruningMethod):
 
     stage = "pre_llm"
     needs_attention = True
+    #: attention received in the last vision layer, with that layer's keys as ``metric`` (see the module doc)
+    attention_source = "last_layer"
+    #: LLaVA-Video layout: the port puts a newline after every grid row, kept token or not
+    grid_newlines = "all_rows"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dominant_ratio <= 1.0:
