@@ -31,6 +31,13 @@ def tiny_llava_dir(cache_dir) -> Path:
     return ensure_tiny_checkpoint("llava_ov", cache_dir / "models" / "tiny_llava_ov")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(cache_dir) -> Path:
+    from tango.models.tiny import ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint("qwen2_5_vl", cache_dir / "models" / "tiny_qwen2_5_vl")
+
+
 @pytest.fixture()
 def run_env(tmp_path, cache_dir) -> dict:
     """Environment for `python run.py` subprocesses: results, cache and W&B files inside the test's folders."""

@@ -108,9 +108,10 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
     }
     per_layer: int | list[int] = seq
     if "keep" in state:  # dropped inside the LLM: layers >= K see the kept positions only
-        k, dropped = method.layer, seq - int(state["keep"].numel())
+        # Dropped positions all lie in the visual span (LLaVA-Video's newlines can be among them).
+        k, dropped, base = state["layer"], seq - int(state["keep"].numel()), int(sel.stats["tokens_out"])
         per_layer = [seq] * k + [seq - dropped] * (len(layers) - k)
-        vis = [n_vis] * k + [n_vis - dropped] * (len(layers) - k)
+        vis = [base] * k + [base - dropped] * (len(layers) - k)
         stats["tokens_layer_avg"] = sum(vis) / len(vis)
         stats["tokens_after_layer"] = vis[-1]
     if "pruned_steps" in state:  # decode-time KV selection

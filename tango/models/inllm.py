@@ -39,26 +39,38 @@ def last_token_attention(attn_mod, kwargs: dict) -> Tensor:
 
 
 @contextmanager
-def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor]):
+def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor] | None = None,
+                      transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None):
     """Drop sequence positions from decoder layer ``k`` on, chosen at prefill by ``select(row [H, S]) -> keep [S']``
-    (sorted long positions). Yields a dict that receives ``keep`` and ``seq_len`` once prefill has run."""
+    (sorted long positions), or by ``transform(hidden [1, S, D], row) -> (keep [S'], hidden [1, S', D])`` when the
+    kept hidden states are also rewritten (Tango / HoliTom merge the dropped tokens into the kept ones). Yields a
+    dict that receives ``keep``, ``seq_len`` and ``layer`` once prefill has run."""
     if not 1 <= k < len(layers):
         raise ValueError(f"in-LLM layer K={k} is outside the valid range [1, {len(layers) - 1}] for this decoder")
-    state: dict = {}
+    if (select is None) == (transform is None):
+        raise ValueError("pass exactly one of select and transform")
+    state: dict = {"layer": k}
 
     def on_row(mod, args, kwargs, out):
-        if "keep" not in state:  # the first call of this context is the prefill
+        if "row" not in state:  # the first call of this context is the prefill
             state["seq_len"] = kwargs["hidden_states"].shape[1]
-            state["keep"] = select(last_token_attention(mod, kwargs))
+            state["row"] = last_token_attention(mod, kwargs)
+            if select is not None:
+                state["keep"] = select(state["row"])
 
     def pre(i):
         def hook(mod, args, kwargs):
-            keep, h = state["keep"], args[0]
+            h = args[0]
             m = kwargs.get("attention_mask")
             cache = kwargs.get("past_key_values")
-            if cache is None or cache.get_seq_length(i) == 0:  # prefill of this layer
-                if i == k:
-                    h = h[:, keep]
+            prefill = cache is None or cache.get_seq_length(i) == 0
+            if prefill and i == k:
+                if transform is not None:
+                    state["keep"], h = transform(h, state["row"])
+                else:
+                    h = h[:, state["keep"]]
+            keep = state["keep"]
+            if prefill:
                 cos, sin = kwargs["position_embeddings"]
                 kwargs["position_embeddings"] = (cos[:, keep], sin[:, keep])
                 kwargs["position_ids"] = None  # only fed to the kernel; sliced ids would look like packed sequences
@@ -133,7 +145,7 @@ def method_hooks(method, layers, *, image_start: int, image_len: int, budget: fl
     Args:
         image_start / image_len: the prunable visual span in the prompt the LLM sees.
     """
-    if method.stage == "pre_llm":
+    if method.stage == "pre_llm" or budget >= 1.0:  # at budget 1 every method is the identity
         return nullcontext({})
     if method.stage == "in_llm" and hasattr(method, "select"):  # FastV: drop at layer K
         if method.num_layers != len(layers):
@@ -152,6 +164,20 @@ def method_hooks(method, layers, *, image_start: int, image_len: int, budget: fl
             prev["attn"] = step.image_attn
             return step.keep
         return restrict_decode_attention(layers, method.kv_layer, select)
+    if method.stage == "both" and hasattr(method, "inner_llm_select"):  # Tango on LLaVA-Video: prune + merge at K
+        if method.num_layers != len(layers):
+            raise ValueError(f"method.num_layers={method.num_layers} but this model's decoder has {len(layers)} "
+                             f"layers; set it in configs/model_method/<model>_{method.name}.yaml")
+        if not method.inner_llm_active(budget):
+            return nullcontext({})
+        end = image_start + image_len
+
+        def transform(h, row):
+            local, merged = method.inner_llm_select(h[:, image_start:end], row.mean(0)[image_start:end])
+            pos = torch.arange(h.shape[1], device=h.device)
+            keep = torch.cat([pos[:image_start], local + image_start, pos[end:]])
+            return keep, torch.cat([h[:, :image_start], merged.to(h.dtype), h[:, end:]], dim=1)
+        return drop_tokens_after(layers, method.inner_layer, transform=transform)
     raise NotImplementedError(
         f"method {method.name!r} acts inside the LLM in a way this adapter does not wire yet (stage "
         f"{method.stage!r}; e.g. Tango's LLaVA-Video inner stage)")

@@ -199,13 +199,14 @@ class LlavaVideo(LlavaOneVision):
         return pooled[..., 0] if t.dim() == 2 else pooled
 
     def _assemble(self, sel, newline, method, n_frames):
-        idx, (h, w) = sel.indices, self.grid
-        per_frame = h * w
+        idx, tokens, (h, w) = sel.indices, sel.tokens.to(newline.dtype), self.grid
         if idx.numel() > 1 and bool((idx[1:] < idx[:-1]).any()):
-            raise ValueError(f"method {method.name!r} emitted tokens out of raster order; LLaVA-Video's per-row "
-                             "newlines need them sorted by position (e.g. its sort_by_position option)")
+            # Rows need raster order; a method emitting another order (DyCoke's similarity order) is laid out by
+            # position, as LLaVA-Video's own grid path does after pruning.
+            order = idx.argsort()
+            idx, tokens = idx[order], tokens[order]
+        per_frame = h * w
         row = idx // per_frame * h + idx % per_frame // w  # global row id of each kept token
-        tokens = sel.tokens.to(newline.dtype)
         if getattr(method, "grid_newlines", "surviving_rows") == "all_rows":
             n_rows = n_frames * h
             counts = torch.bincount(row, minlength=n_rows)

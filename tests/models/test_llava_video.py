@@ -70,10 +70,11 @@ def test_newline_layout(adapters, all_rows):
     assert len(expected) == (9 + 12 if all_rows else 9 + 6)  # 6 distinct rows hold kept tokens
 
 
-def test_out_of_order_tokens_are_refused(adapters):
+def test_out_of_order_tokens_are_laid_out_by_position(adapters):
     video, _ = adapters
-    with pytest.raises(ValueError, match="raster order"):
-        video._assemble(Selection(torch.zeros(2, 3), torch.tensor([5, 1])), torch.zeros(1, 3), KeepFirstPerFrame(), 1)
+    tokens = torch.tensor([[5.0], [1.0]]).expand(-1, 3)
+    out, _ = video._assemble(Selection(tokens, torch.tensor([5, 1])), torch.full((1, 3), -1.0), KeepFirstPerFrame(), 1)
+    assert out[:, 0].tolist() == [1.0, -1.0, 5.0, -1.0]  # row 0 (token 1), newline, row 1 (token 5), newline
 
 
 @pytest.mark.parametrize("budget,rows_kept", [(1.0, 4), (0.25, 1)])

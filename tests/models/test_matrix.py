@@ -1,0 +1,94 @@
+"""Every model family x every method on the tiny models: identity at budget 1, exact LLM sequence lengths."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tango.config import compose
+from tango.methods import METHODS
+from tango.models.base import load_adapter
+from tango.video import Clip
+
+pytestmark = pytest.mark.tiny
+FAMILIES = {"llava_ov": "tiny_llava_ov", "llava_video": "tiny_llava_video", "qwen2_5_vl": "tiny_qwen2_5_vl"}
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_llava_dir, tiny_qwen_dir):
+    kw = dict(device=torch.device("cpu"), dtype="float32")
+    return {"llava_ov": load_adapter("llava_ov", pretrained=str(tiny_llava_dir), **kw),
+            "llava_video": load_adapter("llava_video", pretrained=str(tiny_llava_dir), **kw),
+            "qwen2_5_vl": load_adapter("qwen2_5_vl", pretrained=str(tiny_qwen_dir), **kw)}
+
+
+@pytest.fixture(scope="module")
+def clip():
+    frames = np.random.RandomState(4).randint(0, 255, (16, 112, 112, 3), dtype=np.uint8)
+    return Clip(frames, np.arange(16) * 2, np.arange(16) * 2 / 8.0, 8.0, 32)
+
+
+def method(model: str, name: str, budget: float):
+    return OmegaConf.to_object(compose([f"model={model}", f"method={name}", f"budget={budget}"]).method)
+
+
+def hooks(model) -> dict:
+    """Hook ids per module (transformers keeps output-capturing hooks of its own)."""
+    return {name: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for name, m in model.named_modules()}
+
+
+def first_step(adapter, inputs, clip, m, budget):
+    """Greedy tokens and the step-0 logits through the adapter (logits captured from the LM head)."""
+    logits = []
+    h = adapter.model.lm_head.register_forward_hook(lambda mod, a, out: logits.append(out[:, -1].clone()))
+    try:
+        gen = adapter.generate(inputs, clip, m, budget, max_new_tokens=3)
+    finally:
+        h.remove()
+    return gen, logits[0]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_budget_one_is_the_identity(adapters, clip, family, name):
+    adapter = adapters[family]
+    inputs = adapter.prepare(clip, "What colour is the moving shape?")
+    ref, ref_logits = first_step(adapter, inputs, clip, method(FAMILIES[family], "none", 1.0), 1.0)
+    hooks_before = hooks(adapter.model)  # after a first forward: transformers adds capture hooks lazily
+    got, got_logits = first_step(adapter, inputs, clip, method(FAMILIES[family], name, 1.0), 1.0)
+    assert got.text == ref.text and torch.equal(got_logits, ref_logits)
+    assert got.stats["tokens_out"] == got.stats["tokens_in"] == ref.stats["tokens_in"]
+    if family == "llava_ov":  # and the reference itself is the model's own pixel path
+        with torch.inference_mode():
+            own = adapter.model(**inputs, logits_to_keep=1).logits[:, -1]
+        assert torch.equal(own, ref_logits)
+    assert hooks(adapter.model) == hooks_before  # every hook the harness attached was removed
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("name", ["tango", "visionzip", "dycoke"])
+def test_pruned_prompt_length_is_the_realized_budget(adapters, clip, family, name):
+    adapter = adapters[family]
+    inputs = adapter.prepare(clip, "How many shapes?")
+    full = adapter.generate(inputs, clip, method(FAMILIES[family], "none", 1.0), 1.0, max_new_tokens=1)
+    got = adapter.generate(inputs, clip, method(FAMILIES[family], name, 0.3), 0.3, max_new_tokens=2)
+    assert 0 < got.stats["tokens_out"] < got.stats["tokens_in"] == full.stats["tokens_in"]
+    removed = full.stats["prompt_tokens"] - got.stats["prompt_tokens"]
+    if family == "llava_video":  # newlines of emptied rows go too
+        assert removed >= full.stats["tokens_out"] - got.stats["tokens_out"]
+    else:
+        assert removed == full.stats["tokens_out"] - got.stats["tokens_out"]
+    assert got.new_tokens if hasattr(got, "new_tokens") else got.stats["new_tokens"] >= 1
+
+
+def test_tango_inner_llm_stage_on_llava_video(adapters, clip):
+    """configs/model_method/tiny_llava_video_tango.yaml: prune + merge at layer 1 of 2, keeping half the span."""
+    adapter = adapters["llava_video"]
+    m = method("tiny_llava_video", "tango", 0.3)
+    assert m.stage == "both" and m.inner_llm and m.inner_layer == 1
+    gen = adapter.generate(adapter.prepare(clip, "q"), clip, m, 0.3, max_new_tokens=3)
+    out, after = gen.stats["tokens_out"], gen.stats["tokens_after_layer"]
+    span = gen.stats["prompt_tokens"] - (adapter.prepare(clip, "q")["input_ids"].shape[1] - (16 * 16 + 1))
+    assert after == out - (span - round(span * 0.5))  # newlines of the span are prunable too
+    assert gen.stats["tokens_layer_avg"] == (out + after) / 2
+    assert gen.stats["new_tokens"] >= 1
