@@ -51,7 +51,7 @@ def test_compose_every_model_and_method(model, method):
 
 def test_default_is_the_embedded_run():
     cfg = load()
-    assert (cfg.model.name, cfg.task.name, cfg.budget) == ("tiny_llava_ov", "synthetic", 0.1)
+    assert (cfg.model.name, cfg.method.name, cfg.task.name, cfg.budget) == ("tiny_llava_ov", "tango", "synthetic", 0.1)
     assert cfg.model.tiny and cfg.task.synthetic is not None
     assert cfg.logger.csv.path.endswith("results.csv") and cfg.logger.wandb.mode in ("offline", "disabled", "online")
 

@@ -18,7 +18,7 @@ def test_default_run_writes_record_csv_and_wandb(run_env):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = Path(run_env["TANGO_RESULTS"])
     (run_dir,) = [p for p in (results / "runs").iterdir() if p.is_dir()]
-    assert run_dir.name.startswith("tiny_llava_ov__") and run_dir.name.endswith("__synthetic__s0")
+    assert run_dir.name == "tiny_llava_ov__tango__b0.1__synthetic__s0"
     assert str(run_dir) in proc.stdout and "accuracy" in proc.stdout
 
     record = json.loads((run_dir / "record.json").read_text())
@@ -28,6 +28,7 @@ def test_default_run_writes_record_csv_and_wandb(run_env):
     assert 0.0 <= record["accuracy"] <= 100.0
     assert record["accuracy"] == pytest.approx(100 * sum(s["acc"] for s in samples) / 8)
     assert record["visual_tokens_in"] == 16 * 16  # 16 frames x 4x4 pooled tokens
+    assert record["method"] == "tango" and 0 < record["visual_tokens_out"] < 0.2 * 256
     assert record["visual_tokens_out"] == pytest.approx(sum(s["tokens_out"] for s in samples) / 8)
     assert record["retention"] == pytest.approx(record["visual_tokens_out"] / record["visual_tokens_in"])
     assert record["ttft_ms"] > 0 and record["transformers"] == "5.23.0"
