@@ -44,6 +44,25 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def load_pretrained(model_cls, family: str, pretrained: str, device, dtype: str, attn_implementation: str,
+                    tiny: bool, seed: int):
+    """``(model, processor)`` from a hub id or local path; a tiny checkpoint is first built there if asked for."""
+    from transformers import AutoProcessor
+
+    if tiny:
+        from tango.models.tiny import ensure_tiny_checkpoint
+
+        ensure_tiny_checkpoint(family, pretrained, seed=seed)
+    try:
+        model = model_cls.from_pretrained(pretrained, dtype=resolve_dtype(dtype),
+                                          attn_implementation=attn_implementation)
+        processor = AutoProcessor.from_pretrained(pretrained)
+    except OSError as e:  # transformers' message is long; name the checkpoint first
+        raise OSError(f"cannot load the {family} checkpoint {pretrained!r}: not a local checkpoint directory and not "
+                      f"available from the hub here ({e})") from e
+    return model.to(torch.device(device)).eval(), processor
+
+
 def load_adapter(family: str, **kwargs):
     """Instantiate the adapter of model ``family`` (``configs/model/*.yaml: family``)."""
     if family in PLANNED:

@@ -39,6 +39,19 @@ def last_token_attention(attn_mod, kwargs: dict) -> Tensor:
 
 
 @contextmanager
+def _attached(layers, k: int, on_row, pre):
+    """``on_row`` as a forward hook on ``layers[k-1].self_attn`` and ``pre(i)`` as a forward pre-hook on every layer
+    ``i >= k``; every handle is removed on exit, error or not."""
+    handles = [layers[k - 1].self_attn.register_forward_hook(on_row, with_kwargs=True)]
+    try:
+        handles += [layers[i].register_forward_pre_hook(pre(i), with_kwargs=True) for i in range(k, len(layers))]
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor] | None = None,
                       transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None):
     """Drop sequence positions from decoder layer ``k`` on, chosen at prefill by ``select(row [H, S]) -> keep [S']``
@@ -82,13 +95,8 @@ def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor] | None 
             return (h, *args[1:]), kwargs
         return hook
 
-    handles = [layers[k - 1].self_attn.register_forward_hook(on_row, with_kwargs=True)]
-    try:
-        handles += [layers[i].register_forward_pre_hook(pre(i), with_kwargs=True) for i in range(k, len(layers))]
+    with _attached(layers, k, on_row, pre):
         yield state
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -130,13 +138,8 @@ def restrict_decode_attention(layers, k: int, select: Callable[[Tensor], Tensor 
             return args, kwargs
         return hook
 
-    handles = [layers[k - 1].self_attn.register_forward_hook(on_row, with_kwargs=True)]
-    try:
-        handles += [layers[i].register_forward_pre_hook(pre(i), with_kwargs=True) for i in range(k, len(layers))]
+    with _attached(layers, k, on_row, pre):
         yield state
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def method_hooks(method, layers, *, image_start: int, image_len: int, budget: float):

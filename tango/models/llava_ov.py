@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from tango.flops import llava_ov_prefill_flops
 from tango.methods.base import PruningMethod
-from tango.models.base import Generation, prefill_and_decode, resolve_dtype
+from tango.models.base import Generation, load_pretrained, prefill_and_decode
 from tango.timing import Stopwatch
 from tango.video import Clip
 
@@ -36,16 +36,11 @@ class LlavaOneVision:
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
-        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+        from transformers import LlavaOnevisionForConditionalGeneration
 
-        if tiny:
-            from tango.models.tiny import ensure_tiny_checkpoint
-
-            ensure_tiny_checkpoint("llava_ov", pretrained, seed=seed)
         self.device = torch.device(device)
-        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            pretrained, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(pretrained)
+        self.model, self.processor = load_pretrained(LlavaOnevisionForConditionalGeneration, self.family, pretrained,
+                                                     device, dtype, attn_implementation, tiny, seed)
         vc = self.model.config.vision_config
         side = vc.image_size // vc.patch_size
         self.patch_grid = (side, side)

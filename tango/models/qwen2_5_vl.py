@@ -38,7 +38,7 @@ import torch
 
 from tango.flops import _get, llm_prefill_flops
 from tango.methods.base import PruningMethod
-from tango.models.base import Generation, prefill_and_decode, resolve_dtype
+from tango.models.base import Generation, load_pretrained, prefill_and_decode
 from tango.timing import Stopwatch
 from tango.video import Clip
 
@@ -50,16 +50,11 @@ class Qwen25VL:
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import Qwen2_5_VLForConditionalGeneration
 
-        if tiny:
-            from tango.models.tiny import ensure_tiny_checkpoint
-
-            ensure_tiny_checkpoint("qwen2_5_vl", pretrained, seed=seed)
         self.device = torch.device(device)
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            pretrained, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(pretrained)
+        self.model, self.processor = load_pretrained(Qwen2_5_VLForConditionalGeneration, self.family, pretrained,
+                                                     device, dtype, attn_implementation, tiny, seed)
         self.merge = self.model.config.vision_config.spatial_merge_size
         self.video_token_id = self.model.config.video_token_id
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tango.models.inllm import drop_tokens_after, last_token_attention
-from tango.models.tiny import ensure_tiny_checkpoint
+from tango.models.inllm import drop_tokens_after
 
 pytestmark = pytest.mark.tiny
 

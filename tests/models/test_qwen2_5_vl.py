@@ -15,24 +15,13 @@ from tango.models.qwen2_5_vl import Qwen25VL, qwen2_5_vl_vision_flops
 from tango.models.tiny import ensure_tiny_checkpoint
 from tango.video import Clip
 
+from models.test_llava_ov import KeepFirstPerFrame  # first round(L * budget) tokens per frame / patch
+
 pytestmark = pytest.mark.tiny
 
 STATS = {"tokens_in", "tokens_out", "prompt_tokens", "new_tokens", "vision_ms", "attention_ms", "pruning_ms",
          "llm_prefill_ms", "ttft_ms", "decode_tok_s", "tokens_layer_avg", "tflops_vision", "tflops_projector",
          "tflops_llm", "tflops_prefill", "achieved_tflop_s"}
-
-
-@dataclass
-class KeepFirstPerPatch(PruningMethod):
-    """Test method: the first round(L * budget) tokens of every temporal patch, raster order."""
-
-    name: str = "keep_first"
-
-    def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None):
-        n, l, d = x.shape
-        k = round(l * budget)
-        idx = (torch.arange(n)[:, None] * l + torch.arange(k)[None]).reshape(-1)
-        return Selection(x[:, :k].reshape(-1, d), idx, {"tokens_in": n * l, "tokens_out": n * k})
 
 
 @dataclass
@@ -48,7 +37,7 @@ class KeepScattered(PruningMethod):
 
 
 @dataclass
-class NeedsAttention(KeepFirstPerPatch):
+class NeedsAttention(KeepFirstPerFrame):
     needs_attention = True
     seen: tuple = ()
 
@@ -105,7 +94,7 @@ def test_prepare_gives_the_expected_grid_and_timestamps(adapter, inputs, clip):
     torch.testing.assert_close(adapter.timestamps(odd, 4), torch.tensor([0.0, 1.0, 2.0, 3.0]))
 
 
-@pytest.mark.parametrize("method,budget", [(build_method("none"), 1.0), (KeepFirstPerPatch(), 1.0)])
+@pytest.mark.parametrize("method,budget", [(build_method("none"), 1.0), (KeepFirstPerFrame(), 1.0)])
 def test_nothing_dropped_is_bit_exact_with_the_unhooked_generate(adapter, inputs, clip, method, budget):
     with StepLogits(adapter.model) as got:
         gen = adapter.generate(inputs, clip, method, budget, max_new_tokens=5)
@@ -123,7 +112,7 @@ def test_nothing_dropped_is_bit_exact_with_the_unhooked_generate(adapter, inputs
 
 @pytest.mark.parametrize("budget,kept_per_patch", [(0.25, 3), (0.5, 6)])
 def test_pruned_prefill_has_exactly_the_kept_tokens(adapter, inputs, clip, budget, kept_per_patch):
-    gen = adapter.generate(inputs, clip, KeepFirstPerPatch(), budget, max_new_tokens=3)
+    gen = adapter.generate(inputs, clip, KeepFirstPerFrame(), budget, max_new_tokens=3)
     assert gen.stats["tokens_out"] == 4 * kept_per_patch
     assert gen.stats["prompt_tokens"] == inputs["input_ids"].shape[1] - 4 * (12 - kept_per_patch)
     assert gen.stats["new_tokens"] >= 1 and gen.stats["ttft_ms"] >= gen.stats["llm_prefill_ms"] > 0
@@ -309,7 +298,7 @@ def test_fastv_keeps_the_layer_averaged_budget_and_hooks_are_removed(adapter, in
 
 def test_stage_both_is_refused(adapter, inputs, clip):
     @dataclass
-    class Both(KeepFirstPerPatch):
+    class Both(KeepFirstPerFrame):
         stage = "both"
 
     with pytest.raises(NotImplementedError, match="inside the LLM"):
