@@ -38,9 +38,20 @@ class LlavaOneVision:
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
         from transformers import LlavaOnevisionForConditionalGeneration
 
+        self._setup(*load_pretrained(LlavaOnevisionForConditionalGeneration, self.family, pretrained, device, dtype,
+                                     attn_implementation, tiny, seed), device)
+
+    @classmethod
+    def from_model(cls, model, processor, device: torch.device | str):
+        """The adapter around an already-built model and processor (e.g. random weights of the real architecture
+        built on the GPU by ``scripts/bench_prefill.py``); everything else as with ``__init__``."""
+        self = cls.__new__(cls)
+        self._setup(model.to(torch.device(device)).eval(), processor, device)
+        return self
+
+    def _setup(self, model, processor, device) -> None:
         self.device = torch.device(device)
-        self.model, self.processor = load_pretrained(LlavaOnevisionForConditionalGeneration, self.family, pretrained,
-                                                     device, dtype, attn_implementation, tiny, seed)
+        self.model, self.processor = model, processor
         vc = self.model.config.vision_config
         side = vc.image_size // vc.patch_size
         self.patch_grid = (side, side)
@@ -175,8 +186,8 @@ class LlavaVideo(LlavaOneVision):
 
     family = "llava_video"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def _setup(self, model, processor, device) -> None:
+        super()._setup(model, processor, device)
         h, w = self.patch_grid
         self.grid = (h // 2, w // 2)  # avg_pool2d(kernel 2, stride 2) floors: 27 -> 13
 

@@ -52,9 +52,20 @@ class Qwen25VL:
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
         from transformers import Qwen2_5_VLForConditionalGeneration
 
+        self._setup(*load_pretrained(Qwen2_5_VLForConditionalGeneration, self.family, pretrained, device, dtype,
+                                     attn_implementation, tiny, seed), device)
+
+    @classmethod
+    def from_model(cls, model, processor, device: torch.device | str):
+        """The adapter around an already-built model and processor (e.g. random weights of the real architecture
+        built on the GPU by ``scripts/bench_prefill.py``); everything else as with ``__init__``."""
+        self = cls.__new__(cls)
+        self._setup(model.to(torch.device(device)).eval(), processor, device)
+        return self
+
+    def _setup(self, model, processor, device) -> None:
         self.device = torch.device(device)
-        self.model, self.processor = load_pretrained(Qwen2_5_VLForConditionalGeneration, self.family, pretrained,
-                                                     device, dtype, attn_implementation, tiny, seed)
+        self.model, self.processor = model, processor
         self.merge = self.model.config.vision_config.spatial_merge_size
         self.video_token_id = self.model.config.video_token_id
 
