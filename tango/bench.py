@@ -85,24 +85,9 @@ def adapter_class(family: str):
 
 
 def adapter_from_model(family: str, model, processor, device):
-    """The adapter of ``family`` around an already-built ``model`` and ``processor``.
-
-    Uses the adapter's ``from_model`` classmethod (proposed diff in the benchmark's report); until it lands, runs the
-    adapter's own ``__init__`` with its module's ``load_pretrained`` swapped for one returning the given pair, so
-    every attribute the adapter derives from the model is derived by the adapter's code."""
-    cls = adapter_class(family)
-    if hasattr(cls, "from_model"):
-        return cls.from_model(model, processor, device)
-    module = importlib.import_module(cls.__module__)
-    if not hasattr(module, "load_pretrained"):
-        raise RuntimeError(f"{cls.__module__} has neither {cls.__name__}.from_model nor load_pretrained; apply the "
-                           f"adapter classmethod from_model (results/latency/README.md, 'Pending adapter change')")
-    original = module.load_pretrained
-    module.load_pretrained = lambda *args, **kwargs: (model.to(torch.device(device)).eval(), processor)
-    try:
-        return cls(pretrained="<in-memory>", device=device)
-    finally:
-        module.load_pretrained = original
+    """The adapter of ``family`` around an already-built ``model`` and ``processor`` (its ``from_model``), so every
+    attribute the adapter derives from the model is derived by the adapter's own code."""
+    return adapter_class(family).from_model(model, processor, device)
 
 
 def build_full_adapter(family: str, device, dtype: torch.dtype = torch.bfloat16, attn_implementation: str = "sdpa",
