@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from tango.loggers import CsvSink, build_sinks
@@ -44,11 +45,25 @@ def run(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.results_dir) / "runs" / cfg.run_key
     if cfg.dry_run:
         return _print_plan(cfg, method, budget, run_dir)
+    # The same cell submitted twice at once (e.g. `none` at several budgets in one job array) runs once.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / ".running.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[tango] {cfg.run_key}: running in another process; skipped", flush=True)
+        return None
+    try:
+        return _run_locked(cfg, method, budget, run_dir)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: DictConfig, method, budget: float, run_dir: Path) -> float | None:
     done = read_record(run_dir)
     if done is not None and done.get("status") == "ok" and not cfg.force:
         print(f"[tango] {cfg.run_key}: already done ({run_dir / RECORD}); pass force=true to re-run")
         return done.get("accuracy")
-
     sinks = build_sinks(cfg.logger)
     config = OmegaConf.to_container(cfg, resolve=True)
     atomic_write(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
