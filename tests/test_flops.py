@@ -39,7 +39,8 @@ def test_llm_prefill_matches_the_counter(eager_model, n):
 
 def test_per_layer_counts(eager_model):
     t = eager_model.config.text_config
-    assert llm_prefill_flops(t, [50, 50]) == llm_prefill_flops(t, 50)
-    assert llm_prefill_flops(t, [50, 10]) < llm_prefill_flops(t, 50)
-    with pytest.raises(ValueError, match="2-layer"):
-        llm_prefill_flops(t, [50, 50, 50])
+    n = t.num_hidden_layers
+    assert llm_prefill_flops(t, [50] * n) == llm_prefill_flops(t, 50)
+    assert llm_prefill_flops(t, [50] + [10] * (n - 1)) < llm_prefill_flops(t, 50)
+    with pytest.raises(ValueError, match=f"{n}-layer"):
+        llm_prefill_flops(t, [50] * (n + 1))

@@ -7,7 +7,9 @@ deterministic function of the seed.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,11 @@ CHAT_TEMPLATE = (
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# 12 decoder layers (hidden 64, still ~0.1 ms a layer on CPU) so layer-averaged budgets down to 0.1 are feasible for
+# in-LLM methods: FastV with K = 1 needs budget > K / layers.
+TEXT_LAYERS = 12
+TINY_VERSION = 2  # bump when a recipe changes: cached tiny checkpoints are rebuilt
+MARKER = "tango_tiny.json"
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>",
             "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
@@ -50,7 +57,7 @@ def byte_tokenizer(style: str):
 
 def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
     """Tiny ``LlavaOnevisionForConditionalGeneration``: SigLIP (112 px, patch 14, 8x8 patches, with the
-    attention-pooling head that Tango's attention source needs) + 2-layer Qwen2 (hidden 64).
+    attention-pooling head that Tango's attention source needs) + 12-layer Qwen2 (hidden 64).
     A frame gives 8x8 patches, pooled to 4x4 = 16 tokens; a video of F frames gives 16F + 1 tokens."""
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
@@ -60,7 +67,7 @@ def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
     size = 112
     vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                                 image_size=size, patch_size=14, vision_use_head=True)
-    text = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    text = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=TEXT_LAYERS,
                        num_attention_heads=4, num_key_value_heads=2, bos_token_id=None,
                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
@@ -82,7 +89,7 @@ def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
-    """Tiny ``Qwen2_5_VLForConditionalGeneration``: 2-block ViT (window 56, last block full attention) + 2-layer
+    """Tiny ``Qwen2_5_VLForConditionalGeneration``: 2-block ViT (window 56, last block full attention) + 12-layer
     Qwen2.5 text model with 3-D M-RoPE (sections [2, 3, 3])."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
@@ -91,7 +98,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
-    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=TEXT_LAYERS,
                 num_attention_heads=4, num_key_value_heads=2,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
                 bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -121,9 +128,17 @@ def ensure_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> P
         raise ValueError(f"no tiny builder for model family {family!r}; valid: {sorted(TINY_BUILDERS)}")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stamp = {"family": family, "seed": seed, "version": TINY_VERSION}
     with FileLock(str(out_dir) + ".lock"):
-        if not (out_dir / "config.json").exists():
+        marker = out_dir / MARKER
+        if not marker.exists() or json.loads(marker.read_text()) != stamp:
+            if out_dir.exists():  # an older recipe or another seed: rebuild (only ever a tiny checkpoint)
+                if not marker.exists():
+                    raise FileExistsError(f"{out_dir} exists but is not a tiny checkpoint built by the harness; "
+                                          "refusing to overwrite it")
+                shutil.rmtree(out_dir)
             TINY_BUILDERS[family](out_dir, seed=seed)
+            marker.write_text(json.dumps(stamp))
     return out_dir
 
 

@@ -51,9 +51,9 @@ def test_the_row_equals_eager_attention(tiny_llava_dir, embeds):
     torch.testing.assert_close(rows["row"], out.attentions[0][0, :, -1].float(), rtol=1e-5, atol=1e-7)
 
 
-def test_dropped_prefill_matches_a_hand_computed_layer(model, embeds):
-    """K=1 on the 2-layer decoder: layer 1 must see exactly the kept rows of layer 0's output, at their original
-    rotary positions, under a causal mask."""
+def test_dropped_prefill_matches_hand_computed_layers(model, embeds):
+    """K=1: layers 1.. must see exactly the kept rows of layer 0's output, at their original rotary positions,
+    under a causal mask."""
     from transformers.masking_utils import create_causal_mask
 
     lm = model.model.language_model
@@ -63,14 +63,15 @@ def test_dropped_prefill_matches_a_hand_computed_layer(model, embeds):
             got = model(inputs_embeds=embeds, logits_to_keep=1, use_cache=True).logits
         with drop_tokens_after(lm.layers, 1, lambda row: keep):
             no_cache = model(inputs_embeds=embeds, logits_to_keep=1, use_cache=False).logits
-        h0 = lm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[1][:, keep]
+        h = lm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[1][:, keep]
         pos = keep[None]
-        cos, sin = lm.rotary_emb(h0, pos)
-        mask = create_causal_mask(config=lm.config, inputs_embeds=h0, attention_mask=None, past_key_values=None,
+        cos, sin = lm.rotary_emb(h, pos)
+        mask = create_causal_mask(config=lm.config, inputs_embeds=h, attention_mask=None, past_key_values=None,
                                   position_ids=torch.arange(len(keep))[None])
-        h1 = lm.layers[1](h0, attention_mask=mask, position_embeddings=(cos, sin), position_ids=pos)
-        h1 = h1[0] if isinstance(h1, tuple) else h1
-        ref = model.lm_head(lm.norm(h1)[:, -1:])
+        for layer in lm.layers[1:]:
+            h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), position_ids=pos)
+            h = h[0] if isinstance(h, tuple) else h
+        ref = model.lm_head(lm.norm(h)[:, -1:])
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(no_cache, ref, rtol=1e-5, atol=1e-5)
 
@@ -86,14 +87,17 @@ def test_decode_after_dropping(model, embeds):
         out = model.generate(inputs_embeds=embeds, max_new_tokens=5, min_new_tokens=5, do_sample=False,
                              past_key_values=cache)
     assert out.shape == (1, 5) and state["seq_len"] == 40
-    # 4 decode steps were cached after the prefill: layer 0 holds every position, layer 1 only the kept ones.
-    assert cache.get_seq_length(0) == 40 + 4 and cache.get_seq_length(1) == len(keep) + 4
+    # 4 decode steps were cached after the prefill: layer 0 holds every position, layers >= 1 only the kept ones.
+    assert cache.get_seq_length(0) == 40 + 4
+    assert all(cache.get_seq_length(i) == len(keep) + 4 for i in range(1, len(cache.layers)))
 
 
 def test_bad_layer_is_refused(model):
-    with pytest.raises(ValueError, match="valid range"):
-        with drop_tokens_after(model.model.language_model.layers, 2, lambda row: row):
-            pass
+    layers = model.model.language_model.layers
+    for k in (0, len(layers)):
+        with pytest.raises(ValueError, match="valid range"):
+            with drop_tokens_after(layers, k, lambda row: row):
+                pass
 
 
 def test_fastv_through_the_adapter_keeps_the_layer_averaged_budget(tiny_llava_dir):
@@ -106,14 +110,16 @@ def test_fastv_through_the_adapter_keeps_the_layer_averaged_budget(tiny_llava_di
     adapter = load_adapter("llava_ov", pretrained=str(tiny_llava_dir), device=torch.device("cpu"), dtype="float32")
     frames = np.random.RandomState(1).randint(0, 255, (16, 112, 112, 3), dtype=np.uint8)
     clip = Clip(frames, np.arange(16), np.arange(16) / 8.0, 8.0, 16)
-    method = OmegaConf.to_object(compose(["method=fastv", "budget=0.6"]).method)
-    assert (method.layer, method.num_layers) == (1, 2)  # configs/model_method/tiny_llava_ov_fastv.yaml
-    gen = adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.6, max_new_tokens=2)
-    keep = round(256 * (2 * 0.6 - 1) / (2 - 1))  # f = (L r - K) / (L - K)
+    method = OmegaConf.to_object(compose(["method=fastv", "budget=0.1"]).method)
+    n = adapter.model.config.text_config.num_hidden_layers
+    assert (method.layer, method.num_layers) == (1, n)  # configs/model_method/tiny_llava_ov_fastv.yaml
+    gen = adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.1, max_new_tokens=2)
+    keep = round(256 * (n * 0.1 - 1) / (n - 1))  # f = (L r - K) / (L - K)
     assert gen.stats["tokens_out"] == 256 and gen.stats["tokens_after_layer"] == keep
-    assert gen.stats["tokens_layer_avg"] == (256 + keep) / 2
+    assert gen.stats["tokens_layer_avg"] == (256 + (n - 1) * keep) / n
+    assert abs(gen.stats["tokens_layer_avg"] / 256 - 0.1) < 0.01  # the layer-averaged budget is realized
     with pytest.raises(ValueError, match="infeasible"):
-        adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.4, max_new_tokens=1)
+        adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.05, max_new_tokens=1)
 
 
 def test_decode_restriction_keeping_everything_is_bit_exact(model, embeds):
@@ -158,12 +164,13 @@ def test_decode_restriction_matches_a_masked_recompute(tiny_llava_dir, embeds):
             kwargs["attention_mask"] = restricted[None, None]
             return args, kwargs
 
-        handle = layers[1].register_forward_pre_hook(pre, with_kwargs=True)
+        handles = [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in layers[1:]]
         try:
             ref = eager(inputs_embeds=full, attention_mask=torch.ones(1, 41, dtype=torch.long), use_cache=False,
                         logits_to_keep=1).logits[:, -1]
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
     torch.testing.assert_close(got.logits[1], ref, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got.logits[1], eager(inputs_embeds=full, use_cache=False).logits[:, -1], atol=1e-4)
 

@@ -282,14 +282,15 @@ def test_fastv_keeps_the_layer_averaged_budget_and_hooks_are_removed(adapter, in
     from tango.config import compose
 
     method = OmegaConf.to_object(compose(["model=tiny_qwen2_5_vl", "method=fastv", "budget=0.6"]).method)
-    assert (method.layer, method.num_layers) == (1, 2)  # configs/model_method/tiny_qwen2_5_vl_fastv.yaml
+    n_layers = adapter.model.config.text_config.num_hidden_layers
+    assert (method.layer, method.num_layers) == (1, n_layers)  # configs/model_method/tiny_qwen2_5_vl_fastv.yaml
     gen = adapter.generate(inputs, clip, method, 0.6, max_new_tokens=3)
-    keep = round(48 * (2 * 0.6 - 1) / (2 - 1))  # f = (L r - K) / (L - K)
+    keep = round(48 * (n_layers * 0.6 - 1) / (n_layers - 1))  # f = (L r - K) / (L - K)
     assert gen.stats["tokens_out"] == 48 and gen.stats["tokens_after_layer"] == keep
-    assert gen.stats["tokens_layer_avg"] == (48 + keep) / 2
+    assert gen.stats["tokens_layer_avg"] == (48 + (n_layers - 1) * keep) / n_layers
     assert gen.stats["new_tokens"] == 3
     with pytest.raises(ValueError, match="infeasible"):
-        adapter.generate(inputs, clip, method, 0.4, max_new_tokens=1)
+        adapter.generate(inputs, clip, method, 0.5 / n_layers, max_new_tokens=1)
     adapter.generate(inputs, clip, NeedsAttention(), 0.5, max_new_tokens=1)
     for name, mod in adapter.model.named_modules():
         assert not mod._forward_hooks and not mod._forward_pre_hooks, f"hook left on {name or 'model'}"
