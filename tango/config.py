@@ -31,6 +31,7 @@ class ModelConfig:
     max_new_tokens: int = 16
     prompt_variant: str = "default"       # lmms_eval_specific_kwargs key, recorded in every row
     seed: int = 0                         # weight seed for tiny checkpoints
+    pooling_head: Optional[str] = None    # SigLIP checkpoint supplying the attention-pooling head (LLaVA, Tango)
 
 
 @dataclass

@@ -162,8 +162,9 @@ def build_lm(cfg: DictConfig, method, budget: float, device: torch.device):
     from tango.models.base import load_adapter
 
     m = cfg.model
+    extra = {"pooling_head": m.pooling_head} if m.pooling_head else {}
     adapter = load_adapter(m.family, pretrained=m.pretrained, device=device, dtype=m.dtype,
-                           attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed)
+                           attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed, **extra)
     return PrunedVideoLM(adapter, method, budget, num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend,
                          max_new_tokens=m.max_new_tokens)
 

@@ -35,11 +35,15 @@ class LlavaOneVision:
     family = "llava_ov"
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
-                 attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
+                 attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0,
+                 pooling_head: str | None = None):
+        """``pooling_head``: hub id or local path of a SigLIP checkpoint whose attention-pooling head supplies the
+        ``pooling_head`` attention source when this checkpoint's tower has none (llava-hf keeps no head)."""
         from transformers import LlavaOnevisionForConditionalGeneration
 
         self._setup(*load_pretrained(LlavaOnevisionForConditionalGeneration, self.family, pretrained, device, dtype,
                                      attn_implementation, tiny, seed), device)
+        self.pooling_head_source = pooling_head
 
     @classmethod
     def from_model(cls, model, processor, device: torch.device | str):
@@ -52,6 +56,7 @@ class LlavaOneVision:
     def _setup(self, model, processor, device) -> None:
         self.device = torch.device(device)
         self.model, self.processor = model, processor
+        self.pooling_head_source, self._pooling_head = None, None
         vc = self.model.config.vision_config
         side = vc.image_size // vc.patch_size
         self.patch_grid = (side, side)
@@ -76,16 +81,17 @@ class LlavaOneVision:
         if source is None:
             yield captured
             return
-        if source == "pooling_head":
-            head = getattr(tower, "head", None)
-            if head is None:
-                raise NotImplementedError(
-                    "this method needs the SigLIP attention-pooling head as its attention source, and this "
-                    "checkpoint's vision tower has none; loading the head from google/siglip-so400m-patch14-384 is "
-                    "not implemented yet (model-adapter issue)")
+        if source == "pooling_head" and getattr(tower, "head", None) is not None:
             # nn.MultiheadAttention returns weights averaged over heads: [F, 1, Np].
-            handle = head.attention.register_forward_hook(
+            handle = tower.head.attention.register_forward_hook(
                 lambda mod, args, out: captured.__setitem__("attn", out[1][:, 0]))
+        elif source == "pooling_head":
+            head = self._load_pooling_head()
+
+            def on_tower(mod, args, out):  # the head reads the tower's post-LN output, as inside SigLIP
+                h = out.last_hidden_state
+                captured["attn"] = head.attention(head.probe.expand(h.shape[0], -1, -1), h, h)[1][:, 0]
+            handle = tower.register_forward_hook(on_tower)
         elif source == "last_layer":
             handle = tower.encoder.layers[-1].self_attn.register_forward_hook(
                 lambda mod, args, kwargs, out: captured.update(_received_attention(mod, kwargs["hidden_states"])),
@@ -106,6 +112,18 @@ class LlavaOneVision:
         """The LLM's visual span ``[S, D]`` and how many of its leading positions are prunable visual tokens.
         LLaVA-OV (``one_token``): the kept tokens then one newline, which in-LLM methods never drop."""
         return torch.cat([sel.tokens.to(newline.dtype), newline]), sel.tokens.shape[0]
+
+    def _load_pooling_head(self):
+        """The SigLIP attention-pooling head from ``pooling_head`` (loaded once; hub downloads are cached by HF)."""
+        if self._pooling_head is None:
+            if self.pooling_head_source is None:
+                raise ValueError("this method's attention source is SigLIP's attention-pooling head, which this "
+                                 "checkpoint's tower lacks; set model.pooling_head to a SigLIP checkpoint, e.g. "
+                                 "google/siglip-so400m-patch14-384")
+            tower = self.model.model.vision_tower
+            self._pooling_head = load_pooling_head(self.pooling_head_source, tower.config).to(
+                device=self.device, dtype=next(tower.parameters()).dtype).eval()
+        return self._pooling_head
 
     def _pool_like_features(self, t: torch.Tensor) -> torch.Tensor:
         """``[F, Hp*Wp(, C)]`` per-patch values -> ``[F, L(, C)]``, with the features' bilinear resize."""
@@ -142,6 +160,32 @@ class LlavaOneVision:
         stats["tflops_prefill"] = sum(flops.values()) / 1e12
         stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
         return Generation(text=text, stats=stats)
+
+
+def load_pooling_head(source: str, vision_config):
+    """SigLIP's ``SiglipMultiheadAttentionPoolingHead`` with the weights of the checkpoint at ``source`` (a hub id or a
+    local directory; only the ``*head.*`` tensors are read). Strict: every head weight must be found."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+    path = Path(source)
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(source, allow_patterns=["*.safetensors"]))
+    state = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                if key.startswith(("vision_model.head.", "head.")):
+                    state[key.split("head.", 1)[1]] = f.get_tensor(key)
+    if not state:
+        raise ValueError(f"no attention-pooling head weights (vision_model.head.* / head.*) in {source!r}")
+    head = SiglipMultiheadAttentionPoolingHead(vision_config)
+    head.load_state_dict(state)
+    return head
 
 
 def _resize_span(ids: torch.Tensor, token_id: int, length: int) -> torch.Tensor:

@@ -155,3 +155,29 @@ def test_tiny_qwen2_5_vl_builds_and_generates(tmp_path):
     assert (inputs["input_ids"] == model.config.video_token_id).sum() == 4 * 8 * 6 // 4
     out = model.generate(**inputs, min_new_tokens=3, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_pooling_head_loaded_from_a_siglip_checkpoint(tiny_llava_dir, tmp_path, clip):
+    """A tower without its head (as in the llava-hf checkpoints) gets the head from a SigLIP checkpoint; with the
+    same weights the attention source is exactly the built-in head's."""
+    from safetensors.torch import save_file
+
+    kw = dict(pretrained=str(tiny_llava_dir), device=torch.device("cpu"), dtype="float32")
+    with_head = load_adapter("llava_ov", **kw)
+    tower_head = with_head.model.model.vision_tower.head
+    save_file({f"vision_model.head.{k}": v.contiguous() for k, v in tower_head.state_dict().items()},
+              str(tmp_path / "model.safetensors"))
+    headless = load_adapter("llava_ov", pooling_head=str(tmp_path), **kw)
+    tower = headless.model.model.vision_tower
+    del tower.head
+    tower.use_head = False
+    inputs = with_head.prepare(clip, "q")
+    a, b = NeedsAttention(), NeedsAttention()
+    with_head.generate(inputs, clip, a, 0.5, max_new_tokens=1)
+    headless.generate(inputs, clip, b, 0.5, max_new_tokens=1)
+    torch.testing.assert_close(b.seen[0], a.seen[0], rtol=1e-6, atol=1e-7)
+    no_source = load_adapter("llava_ov", **kw)
+    del no_source.model.model.vision_tower.head
+    no_source.model.model.vision_tower.use_head = False
+    with pytest.raises(ValueError, match="model.pooling_head"):
+        no_source.generate(inputs, clip, NeedsAttention(), 0.5, max_new_tokens=1)
