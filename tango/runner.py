@@ -137,11 +137,14 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
               "accuracy": accuracy, "metric": task.metric, "metric_raw": raw, "n_samples": len(samples),
               "n_sample_errors": sum(1 for s in samples if s.get("error"))}
     record.update(_per_type_accuracy(samples, task.metric, task.metric_scale))
-    tin = [s["tokens_in"] for s in samples if "tokens_in" in s]
-    tout = [s["tokens_out"] for s in samples if "tokens_out" in s]
-    record["visual_tokens_in"] = float(np.mean(tin)) if tin else None
-    record["visual_tokens_out"] = float(np.mean(tout)) if tout else None
-    record["retention"] = float(np.sum(tout) / np.sum(tin)) if tin and np.sum(tin) else None
+    ok = [s for s in samples if "tokens_in" in s]
+    tin, tout, tavg = ([s[k] for s in ok] for k in ("tokens_in", "tokens_out", "tokens_layer_avg"))
+    record["visual_tokens_in"] = float(np.mean(tin)) if ok else None
+    record["visual_tokens_out"] = float(np.mean(tout)) if ok else None  # entering the LLM
+    record["visual_tokens_layer_avg"] = float(np.mean(tavg)) if ok else None  # averaged over decoder layers
+    # The realized budget (layer-averaged, as `budget` is defined) and the fraction entering the LLM.
+    record["retention"] = float(np.sum(tavg) / np.sum(tin)) if ok and np.sum(tin) else None
+    record["retention_input"] = float(np.sum(tout) / np.sum(tin)) if ok and np.sum(tin) else None
     for k in LATENCY_KEYS:
         record.update(summarize([s.get(k) for s in samples], k, warmup=WARMUP_REQUESTS))
     for k in FLOPS_KEYS:
@@ -252,8 +255,8 @@ def _print_summary(record: dict, run_dir: Path, cfg: DictConfig) -> None:
         return "n/a" if v is None else format(v, spec)
     print(f"[tango] {record['run_key']}\n"
           f"  accuracy        {f(record['accuracy'])} ({record['metric']}, n={record['n_samples']})\n"
-          f"  visual tokens   {f(record['visual_tokens_out'])} / {f(record['visual_tokens_in'])} "
-          f"(retention {f(record['retention'], '.3f')})\n"
+          f"  visual tokens   {f(record['visual_tokens_out'])} / {f(record['visual_tokens_in'])} at the LLM input, "
+          f"{f(record['visual_tokens_layer_avg'])} averaged over layers (retention {f(record['retention'], '.3f')})\n"
           f"  ttft median     {f(record['ttft_ms'])} ms  (vision {f(record['vision_ms'])}, pruning "
           f"{f(record['pruning_ms'])}, LLM prefill {f(record['llm_prefill_ms'])})\n"
           f"  prefill FLOPs   {f(record['tflops_prefill'], '.4g')} TFLOPs (LLM {f(record['tflops_llm'], '.4g')})\n"

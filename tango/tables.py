@@ -198,8 +198,11 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         df["limit"] = pd.to_numeric(df["limit"], errors="coerce")
     for c in df.columns:
         if c.startswith("accuracy") or c.endswith(("_ms", "_p90", "_mb", "_tok_s", "flops")) or c in (
-                "retention", "visual_tokens_in", "visual_tokens_out"):
+                "retention", "visual_tokens_in", "visual_tokens_out", "visual_tokens_layer_avg"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
+    if "visual_tokens_out" in df.columns:  # what the LLM sees: layer-averaged where the record has it (in-LLM methods)
+        avg = df["visual_tokens_layer_avg"] if "visual_tokens_layer_avg" in df.columns else df["visual_tokens_out"]
+        df["_visual_tokens"] = avg.fillna(df["visual_tokens_out"])
     if "method_hparams" in df.columns:  # "name: tango; alpha: 0.5" -> hp/name, hp/alpha
         hp = df["method_hparams"].apply(_parse_hparams)
         for k in sorted({k for d in hp for k in d}):
@@ -225,6 +228,12 @@ def _variant(r: dict) -> str:
 def _parse_hparams(s) -> dict:
     if not isinstance(s, str):
         return {}
+    try:  # records store the hyperparameters as one JSON object
+        parsed = json.loads(s)
+        if isinstance(parsed, dict):
+            return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in parsed.items()}
+    except ValueError:
+        pass
     out = {}
     for part in s.split(";"):
         if ":" in part:
@@ -574,7 +583,7 @@ def efficiency_table(ok: pd.DataFrame, failed: pd.DataFrame, task: str | None = 
             prev = budget
             w = {"model": model, "method": method, "budget": budget}
             st = {c: cell_stat(ok, failed, c, **w) for c in
-                  ("visual_tokens_out", "ttft_ms", "vision_ms", "pruning_ms", "llm_prefill_ms", "_tflops", "_mem_gb",
+                  ("_visual_tokens", "ttft_ms", "vision_ms", "pruning_ms", "llm_prefill_ms", "_tflops", "_mem_gb",
                    "_rss_gb", "decode_tok_s")}
             n_seeds_max = max(n_seeds_max, st["ttft_ms"].n)
             failed_cells += st["ttft_ms"].failed
@@ -582,9 +591,9 @@ def efficiency_table(ok: pd.DataFrame, failed: pd.DataFrame, task: str | None = 
             speed = Stat(full.mean / tt.mean, float("nan"), 1) if not (full.missing or tt.missing or tt.mean == 0) \
                 else Stat()
             tin = cell_stat(ok, failed, "visual_tokens_in", **w)
-            kept = num_cell(Stat(st["visual_tokens_out"].mean, float("nan"), min(st["visual_tokens_out"].n, 1),
-                                 st["visual_tokens_out"].failed), 0)  # token counts: mean only
-            if not tin.missing and not st["visual_tokens_out"].missing:
+            kept = num_cell(Stat(st["_visual_tokens"].mean, float("nan"), min(st["_visual_tokens"].n, 1),
+                                 st["_visual_tokens"].failed), 0)  # token counts: mean only
+            if not tin.missing and not st["_visual_tokens"].missing:
                 kept = Cell(f"{kept.md} / {tin.mean:.0f}", f"{kept.tex} / {tin.mean:.0f}")
             sel = ok[(ok["model"] == model) & (ok["method"] == method) & (ok["budget"] == budget)]
             dev = ", ".join(sorted(set(sel["device_name"].dropna().astype(str)))) if "device_name" in sel else ""

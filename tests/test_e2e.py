@@ -30,7 +30,8 @@ def test_default_run_writes_record_csv_and_wandb(run_env):
     assert record["visual_tokens_in"] == 16 * 16  # 16 frames x 4x4 pooled tokens
     assert record["method"] == "tango" and 0 < record["visual_tokens_out"] < 0.2 * 256
     assert record["visual_tokens_out"] == pytest.approx(sum(s["tokens_out"] for s in samples) / 8)
-    assert record["retention"] == pytest.approx(record["visual_tokens_out"] / record["visual_tokens_in"])
+    assert record["retention_input"] == pytest.approx(record["visual_tokens_out"] / record["visual_tokens_in"])
+    assert record["retention"] == pytest.approx(sum(s["tokens_layer_avg"] for s in samples) / (8 * 256))
     assert record["ttft_ms"] > 0 and record["transformers"] == "5.23.0"
     assert {s["question_type"] for s in samples} >= {"color", "direction"}
     assert (run_dir / "config.yaml").exists()
