@@ -75,7 +75,8 @@ def load_adapter(family: str, **kwargs):
 
 
 def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, method, budget: float, video_token_id: int,
-                       n_vis: int, max_new_tokens: int, stop: list[str] | None, **generate_kwargs):
+                       n_vis: int, token_mask: torch.Tensor | None = None, max_new_tokens: int,
+                       stop: list[str] | None, **generate_kwargs):
     """The LLM half shared by the adapters: greedy ``generate`` on the assembled ``inputs_embeds`` under the
     method's decoder hooks, with the prefill / decode split taken from the first LLM forward.
 
@@ -84,6 +85,8 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
             the request's start mark.
         embeds, ids: ``[1, S, D]`` / ``[1, S]`` the prompt the LLM sees (video span already pruned).
         n_vis: prunable visual positions at the start of the video span (in-LLM methods never drop the rest).
+        token_mask: ``[S_v]`` over the video span, True for visual tokens, False for layout tokens (newlines);
+            None: all visual. In-LLM drops are counted in visual tokens through it.
     Returns:
         ``(text, stats, per_layer)``: the answer, the per-request figures, and the sequence length per decoder
         layer (an int when every layer sees the same length) for the FLOPs count.
@@ -127,10 +130,13 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
     }
     per_layer: int | list[int] = seq
     if "keep" in state:  # dropped inside the LLM: layers >= K see the kept positions only
-        # Dropped positions all lie in the visual span (LLaVA-Video's newlines can be among them).
-        k, dropped, base = state["layer"], seq - int(state["keep"].numel()), int(sel.stats["tokens_out"])
-        per_layer = [seq] * k + [seq - dropped] * (len(layers) - k)
-        vis = [base] * k + [base - dropped] * (len(layers) - k)
+        k, keep, base = state["layer"], state["keep"], int(sel.stats["tokens_out"])
+        mask = torch.ones(int(span.numel()), dtype=torch.bool) if token_mask is None else token_mask.cpu()
+        local = keep.cpu() - int(span[0])
+        local = local[(local >= 0) & (local < mask.numel())]
+        after = int(mask[local].sum())  # visual tokens (not newlines) still present from layer K on
+        per_layer = [seq] * k + [int(keep.numel())] * (len(layers) - k)
+        vis = [base] * k + [after] * (len(layers) - k)
         stats["tokens_layer_avg"] = sum(vis) / len(vis)
         stats["tokens_after_layer"] = vis[-1]
     if "pruned_steps" in state:  # decode-time KV selection

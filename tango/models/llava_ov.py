@@ -108,10 +108,14 @@ class LlavaOneVision:
         video = self.model.get_video_features(pixel_values_videos=pixel_values_videos).pooler_output[0]
         return video[:-1].view(pixel_values_videos.shape[1], -1, video.shape[-1]), video[-1:]
 
-    def _assemble(self, sel, newline: torch.Tensor, method, n_frames: int) -> tuple[torch.Tensor, int]:
-        """The LLM's visual span ``[S, D]`` and how many of its leading positions are prunable visual tokens.
-        LLaVA-OV (``one_token``): the kept tokens then one newline, which in-LLM methods never drop."""
-        return torch.cat([sel.tokens.to(newline.dtype), newline]), sel.tokens.shape[0]
+    def _assemble(self, sel, newline: torch.Tensor, method, n_frames: int):
+        """The LLM's visual span ``[S, D]``, how many of its leading positions in-LLM methods may drop, and the mask
+        ``[S]`` of its visual tokens (False for newlines). LLaVA-OV (``one_token``): the kept tokens then one
+        newline, which in-LLM methods never drop."""
+        m = sel.tokens.shape[0]
+        mask = torch.ones(m + 1, dtype=torch.bool)
+        mask[-1] = False
+        return torch.cat([sel.tokens.to(newline.dtype), newline]), m, mask
 
     def _load_pooling_head(self):
         """The SigLIP attention-pooling head from ``pooling_head`` (loaded once; hub downloads are cached by HF)."""
@@ -146,14 +150,15 @@ class LlavaOneVision:
         timestamps = torch.as_tensor(clip.timestamps, dtype=torch.float32, device=self.device)
         with sw("pruning"):
             sel = method.prune(x, budget=budget, attn=attn, timestamps=timestamps, grid=self.grid, metric=metric)
-        visual, n_vis = self._assemble(sel, newline.to(x.dtype), method, n)
+        visual, n_vis, token_mask = self._assemble(sel, newline.to(x.dtype), method, n)
         ids = _resize_span(inputs["input_ids"], self.video_token_id, visual.shape[0])
         embeds = self.model.get_input_embeddings()(ids)
         embeds[ids == self.video_token_id] = visual.to(embeds.dtype)
 
         text, stats, per_layer, ms = prefill_and_decode(
             self.model, self.processor, sw, t_start, embeds=embeds, ids=ids, sel=sel, method=method, budget=budget,
-            video_token_id=self.video_token_id, n_vis=n_vis, max_new_tokens=max_new_tokens, stop=stop)
+            video_token_id=self.video_token_id, n_vis=n_vis, token_mask=token_mask, max_new_tokens=max_new_tokens,
+            stop=stop)
         flops = llava_ov_prefill_flops(self.model.config, n, per_layer,
                                        with_head=getattr(self.model.model.vision_tower, "head", None) is not None)
         stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
@@ -271,4 +276,6 @@ class LlavaVideo(LlavaOneVision):
         out = newline.new_empty(idx.numel() + ends.numel(), newline.shape[-1])
         out[pos] = tokens
         out[ends] = newline.expand(ends.numel(), -1)
-        return out, out.shape[0]
+        mask = torch.ones(out.shape[0], dtype=torch.bool)
+        mask[ends.cpu()] = False
+        return out, out.shape[0], mask

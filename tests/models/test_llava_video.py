@@ -64,16 +64,18 @@ def test_newline_layout(adapters, all_rows):
     class M(KeepFirstPerFrame):
         grid_newlines: str = "all_rows" if all_rows else "surviving_rows"
 
-    out, n = video._assemble(Selection(tokens, idx), newline, M(), 3)
+    out, n, mask = video._assemble(Selection(tokens, idx), newline, M(), 3)
     expected = _reference_layout(idx.tolist(), tokens, newline, 3, 4, 4, all_rows)
     assert torch.equal(out, expected) and n == len(expected)
+    assert torch.equal(mask, expected[:, 0] != -1)
     assert len(expected) == (9 + 12 if all_rows else 9 + 6)  # 6 distinct rows hold kept tokens
 
 
 def test_out_of_order_tokens_are_laid_out_by_position(adapters):
     video, _ = adapters
     tokens = torch.tensor([[5.0], [1.0]]).expand(-1, 3)
-    out, _ = video._assemble(Selection(tokens, torch.tensor([5, 1])), torch.full((1, 3), -1.0), KeepFirstPerFrame(), 1)
+    out, _, _ = video._assemble(Selection(tokens, torch.tensor([5, 1])), torch.full((1, 3), -1.0), KeepFirstPerFrame(),
+                                1)
     assert out[:, 0].tolist() == [1.0, -1.0, 5.0, -1.0]  # row 0 (token 1), newline, row 1 (token 5), newline
 
 
