@@ -40,18 +40,29 @@ from tango.data.task_template.utils import LETTERS, parse_answer_letter
 
 __all__ = [
     "COLORS",
+    "BRIGHTNESS_LEVELS",
+    "DEFAULT_QUESTION_TYPES",
     "DIRECTIONS",
+    "PRUNING_QUESTION_TYPES",
+    "QUESTION_GROUPS",
     "QUESTION_TYPES",
+    "SPLITS",
+    "WHEN_OPTIONS",
     "SHAPES",
     "Question",
     "SceneSpec",
     "ensure_synthetic_task",
+    "brief_window",
+    "doc_rng",
     "load_docs",
+    "make_doc",
+    "make_docs",
     "object_center",
     "parse_answer_letter",
     "register_question_type",
     "render_video",
     "rgb_to_yuv420p",
+    "yuv420p_to_rgb",
 ]
 
 GENERATOR = "tango.data.synthetic"
@@ -82,6 +93,11 @@ RANGES = {
     "fps": (1, 120),
     "seed": (0, 2**63 - 1),
 }
+# Splits: ``test`` is the evaluation split (doc i of seed s is drawn from the stream ``[s, i]``, as before splits
+# existed); ``train`` draws from ``[s, i, TRAIN_STREAM]``, a disjoint family of streams, so no train scene is an
+# evaluation scene for any (seed, index) pair.
+SPLITS = ("test", "train")
+TRAIN_STREAM = 0x7472_6169_6E  # "train"
 _TASK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
@@ -316,6 +332,122 @@ def _q_count(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Qu
     return Question("How many shapes are there in the video?", options, answer_index, _random_background(rng), objects)
 
 
+# ---- Types for pruning studies: where the answer lives in the visual tokens differs by group. ----------------
+# localized: a small object seen in a few frames only (the answer lives in a handful of tokens);
+# temporal: when / in which order things appear; counting: objects that appear one after another over the video;
+# global (control): the background, answerable from almost any token.
+
+WHEN_OPTIONS = ("beginning", "early middle", "late middle", "end")  # the four quarters of the clip, in order
+BRIGHTNESS_LEVELS = {"very dark": 45, "dark": 95, "bright": 150, "very bright": 205}  # grey level of each option
+
+
+def brief_window(num_frames: int) -> int:
+    """Frames a "brief" object is visible: 1/8 of the clip (>= 2), e.g. 4 of 32 frames; any ``linspace`` sampling
+    of >= half the frames sees it in >= 1 frame."""
+    return max(2, num_frames // 8)
+
+
+def _brief_object(rng: np.random.Generator, spec: SceneSpec, color: str, shape: str, t_start: int,
+                  radius_frac: float = 0.09, length: int | None = None) -> dict[str, Any]:
+    """A small shape visible in frames ``t_start .. t_start + length - 1`` (default ``brief_window``), drifting a
+    little, anywhere inside the frame (never clipped)."""
+    s = spec.size
+    r = radius_frac * s
+    lo, hi = r + 1.0, s - r - 1.0
+    x0, y0 = rng.uniform(lo, hi, size=2)
+    drift = 0.08 * s
+    x1 = float(np.clip(x0 + rng.uniform(-drift, drift), lo, hi))
+    y1 = float(np.clip(y0 + rng.uniform(-drift, drift), lo, hi))
+    length = brief_window(spec.num_frames) if length is None else max(int(length), 1)
+    t_end = min(t_start + length - 1, spec.num_frames - 1)
+    return _object(shape, color, r, (x0, y0), (x1, y1), t_start, t_end)
+
+
+def _plain_grey(rng: np.random.Generator, level: int) -> dict[str, Any]:
+    rgb = [int(np.clip(level + rng.integers(-6, 7), 0, 255))] * 3
+    return {"kind": "plain", "axis": "horizontal", "rgb0": rgb, "rgb1": list(rgb)}
+
+
+@register_question_type("brief_color")
+def _q_brief_color(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    """localized: one small shape visible in ``brief_window`` consecutive frames only; its colour."""
+    color = _choice(rng, list(COLORS))
+    options = _place_answer(rng, color, list(COLORS), answer_index)
+    t0 = int(rng.integers(0, spec.num_frames - brief_window(spec.num_frames) + 1))
+    obj = _brief_object(rng, spec, color, _choice(rng, SHAPES), t0)
+    return Question("What is the color of the small shape that appears briefly in the video?", options,
+                    answer_index, _random_background(rng), [obj])
+
+
+@register_question_type("order")
+def _q_order(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    """temporal: two shapes of different colours, one visible only in the first half and one only in the second
+    (never together); which colour appears first. The later colour is always among the options."""
+    n, w = spec.num_frames, brief_window(spec.num_frames)
+    first, second = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:2]]
+    others = [c for c in COLORS if c not in (first, second)]
+    distractors = [second] + [others[i] for i in rng.permutation(len(others))[:2]]
+    distractors = [distractors[i] for i in rng.permutation(3)]
+    options = distractors[:answer_index] + [first] + distractors[answer_index:]
+    half = n // 2
+    t_a = int(rng.integers(0, max(half - w, 0) + 1))
+    t_b = int(rng.integers(half, max(n - w, half) + 1))
+    objs = [_brief_object(rng, spec, first, _choice(rng, SHAPES), t_a, 0.11, length=min(w, half - t_a)),
+            _brief_object(rng, spec, second, _choice(rng, SHAPES), t_b, 0.11)]
+    return Question("Which color appears first in the video?", options, answer_index, _random_background(rng), objs)
+
+
+@register_question_type("when")
+def _q_when(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    """temporal: one shape visible in ``brief_window`` frames inside one quarter of the clip; which quarter.
+    Options are the four quarters in order (``WHEN_OPTIONS``), so the answer index is the quarter."""
+    n, w = spec.num_frames, brief_window(spec.num_frames)
+    q0, q1 = answer_index * n // 4, (answer_index + 1) * n // 4  # quarter [q0, q1)
+    t0 = int(rng.integers(q0, max(q1 - w, q0) + 1))
+    obj = _brief_object(rng, spec, _choice(rng, list(COLORS)), _choice(rng, SHAPES), t0, 0.11)
+    return Question("In which part of the video does the shape appear?", list(WHEN_OPTIONS), answer_index,
+                    _random_background(rng), [obj])
+
+
+@register_question_type("count_events")
+def _q_count_events(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    """counting over time: 1-5 shapes of distinct colours, each visible in its own ``brief_window`` of frames (the
+    windows never overlap, so at most one shape is on screen at a time); options 4 consecutive numbers."""
+    low = int(rng.integers(1, 3))
+    count = low + answer_index
+    options = [str(low + i) for i in range(len(LETTERS))]
+    n, w = spec.num_frames, brief_window(spec.num_frames)
+    slot = max(n // 5, 1)  # 5 slots of n // 5 frames: one shape per chosen slot, visible min(w, slot) frames
+    w = min(w, slot)
+    slots = np.sort(rng.permutation(5)[:count])
+    colors = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:count]]
+    objs = []
+    for k, color in zip(slots, colors):
+        t0 = min(int(k * slot + rng.integers(0, slot - w + 1)), n - 1)
+        objs.append(_brief_object(rng, spec, color, _choice(rng, SHAPES), t0, 0.11, length=w))
+    return Question("How many different shapes appear one after another in the video?", options, answer_index,
+                    _random_background(rng), objs)
+
+
+@register_question_type("background")
+def _q_background(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
+    """global (control): a plain grey background at one of four brightness levels, with one moving shape as a
+    distractor; options are the levels from dark to bright, so the answer index is the level."""
+    options = list(BRIGHTNESS_LEVELS)
+    bg = _plain_grey(rng, BRIGHTNESS_LEVELS[options[answer_index]])
+    obj = _single_mover(rng, spec, _choice(rng, SHAPES), _choice(rng, list(COLORS)), _choice(rng, DIRECTIONS))
+    return Question("How bright is the background of the video?", options, answer_index, bg, [obj])
+
+
+QUESTION_GROUPS = {
+    "color": "appearance", "shape": "appearance", "count": "counting", "direction": "motion",
+    "brief_color": "localized", "order": "temporal", "when": "temporal", "count_events": "counting",
+    "background": "global",
+}
+# The types meant for pruning studies (one or two per group); DEFAULT_QUESTION_TYPES are the original four.
+PRUNING_QUESTION_TYPES = ("brief_color", "order", "when", "count_events", "background")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Argument checks, manifest, building
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,7 +462,7 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _check_args(num_videos, num_frames, size, fps, seed, task_name, question_types) -> dict[str, Any]:
+def _check_args(num_videos, num_frames, size, fps, seed, task_name, question_types, split="test") -> dict[str, Any]:
     params = {
         "num_videos": _check_int("num_videos", num_videos),
         "num_frames": _check_int("num_frames", num_frames),
@@ -350,6 +482,10 @@ def _check_args(num_videos, num_frames, size, fps, seed, task_name, question_typ
         )
     params["task_name"] = task_name
     params["question_types"] = types
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is invalid: valid splits are {list(SPLITS)}")
+    if split != "test":  # "test" is left out of the manifest, so folders built before splits existed stay current
+        params["split"] = split
     return params
 
 
@@ -410,6 +546,24 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     return np.concatenate(planes).reshape(h * 3 // 2, w)
 
 
+def yuv420p_to_rgb(yuv: np.ndarray) -> np.ndarray:
+    """Inverse of ``rgb_to_yuv420p`` (nearest-neighbour chroma upsampling, BT.601 limited range) -> ``(H, W, 3)``
+    uint8. ``yuv420p_to_rgb(rgb_to_yuv420p(f))`` approximates what a decoder returns for ``f`` (chroma blur at
+    edges, small colour shifts) without encoding, e.g. for training on rendered frames."""
+    h = yuv.shape[0] * 2 // 3
+    w = yuv.shape[1]
+    flat = yuv.ravel()
+    y = flat[: h * w].reshape(h, w).astype(np.float64) - 16.0
+    u = flat[h * w : h * w + h * w // 4].reshape(h // 2, w // 2).astype(np.float64) - 128.0
+    v = flat[h * w + h * w // 4 :].reshape(h // 2, w // 2).astype(np.float64) - 128.0
+    u = u.repeat(2, 0).repeat(2, 1)
+    v = v.repeat(2, 0).repeat(2, 1)
+    r = 1.164383 * y + 1.596027 * v
+    g = 1.164383 * y - 0.391762 * u - 0.812968 * v
+    b = 1.164383 * y + 2.017232 * u
+    return np.clip(np.rint(np.stack([r, g, b], -1)), 0, 255).astype(np.uint8)
+
+
 # x264 settings. `mbtree=0` makes the bitstream reproducible: with the macroblock-tree rate control on, repeated
 # encodes of the same frames in one process differed now and then (its propagation step is float SIMD code, the one
 # kind of x264 assembly that is not bit-exact with the C version). Integer SIMD paths are bit-exact with C, so the
@@ -444,6 +598,77 @@ def _answer_index(doc_index: int, num_types: int) -> int:
     return (doc_index // num_types + doc_index % num_types) % len(LETTERS)
 
 
+def doc_rng(seed: int, index: int, split: str = "test") -> np.random.Generator:
+    """The RNG of doc ``index``: one independent stream per (seed, index, split), so doc i does not depend on
+    ``num_videos`` and the train streams never coincide with the test streams."""
+    if split == "test":
+        return np.random.default_rng([seed, index])
+    if split == "train":
+        return np.random.default_rng([seed, index, TRAIN_STREAM])
+    raise ValueError(f"split={split!r} is invalid: valid splits are {list(SPLITS)}")
+
+
+def make_doc(
+    index: int,
+    *,
+    spec: SceneSpec,
+    seed: int,
+    question_types: list[str] | tuple[str, ...] | None = None,
+    split: str = "test",
+    video_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Doc ``index`` of a task (exactly the doc ``ensure_synthetic_task`` writes for the same arguments), without
+    rendering or encoding anything: type ``question_types[index % len]``, balanced answer letter, scene + question.
+    ``video`` is ``video_dir/<video_id>.mp4`` (``None`` without ``video_dir``). Render it with
+    ``render_video(doc["background"], doc["objects"], doc["size"], doc["num_frames"])``."""
+    types = list(DEFAULT_QUESTION_TYPES if question_types is None else question_types)
+    qtype = types[index % len(types)]
+    answer_index = _answer_index(index, len(types))
+    q = QUESTION_TYPES[qtype](doc_rng(seed, index, split), spec, answer_index)
+    if len(q.options) != len(LETTERS) or len(set(q.options)) != len(LETTERS):
+        raise RuntimeError(f"question type {qtype!r} produced bad options {q.options}")
+    video_id = _video_id(index)
+    doc = {
+        "doc_id": index,
+        "video_id": video_id,
+        "video": None if video_dir is None else str(Path(video_dir) / f"{video_id}.mp4"),
+        "question_type": qtype,
+        "question": q.question,
+        "options": list(q.options),
+        "answer": LETTERS[q.answer_index],
+        "answer_index": int(q.answer_index),
+        "answer_text": q.options[q.answer_index],
+        "num_frames": spec.num_frames,
+        "size": spec.size,
+        "fps": spec.fps,
+        "seed": seed,
+        "background": q.background,
+        "objects": q.objects,
+    }
+    if split != "test":  # test docs keep the schema they had before splits existed
+        doc["split"] = split
+    return doc
+
+
+def make_docs(
+    num_videos: int,
+    *,
+    num_frames: int = 32,
+    size: int = 112,
+    fps: int = 8,
+    seed: int = 1234,
+    question_types: list[str] | tuple[str, ...] | None = None,
+    split: str = "test",
+    start: int = 0,
+) -> list[dict[str, Any]]:
+    """Docs ``start .. start + num_videos - 1`` in memory (no files), checked like ``ensure_synthetic_task``'s
+    arguments; for training loops that render frames directly."""
+    params = _check_args(num_videos, num_frames, size, fps, seed, "tango_synthetic", question_types, split)
+    spec = SceneSpec(size=params["size"], num_frames=params["num_frames"], fps=params["fps"])
+    return [make_doc(i, spec=spec, seed=params["seed"], question_types=params["question_types"], split=split)
+            for i in range(start, start + params["num_videos"])]
+
+
 def _build(tmp_dir: Path, final_dir: Path, params: dict[str, Any], manifest: dict[str, Any]) -> None:
     """Write the whole task into ``tmp_dir`` with paths pointing into ``final_dir``; manifest.json last."""
     started = time.perf_counter()
@@ -452,38 +677,15 @@ def _build(tmp_dir: Path, final_dir: Path, params: dict[str, Any], manifest: dic
     (tmp_dir / "videos").mkdir(parents=True)
     docs = []
     for i in range(params["num_videos"]):
-        qtype = types[i % len(types)]
-        answer_index = _answer_index(i, len(types))
-        # One independent stream per video: doc i does not depend on num_videos.
-        rng = np.random.default_rng([params["seed"], i])
-        q = QUESTION_TYPES[qtype](rng, spec, answer_index)
-        if len(q.options) != len(LETTERS) or len(set(q.options)) != len(LETTERS):
-            raise RuntimeError(f"question type {qtype!r} produced bad options {q.options}")
-        video_id = _video_id(i)
+        doc = make_doc(i, spec=spec, seed=params["seed"], question_types=types, split=params.get("split", "test"),
+                       video_dir=final_dir / "videos")
+        video_id = doc["video_id"]
         _write_mp4(
             tmp_dir / "videos" / f"{video_id}.mp4",
-            render_video(q.background, q.objects, spec.size, spec.num_frames),
+            render_video(doc["background"], doc["objects"], spec.size, spec.num_frames),
             spec.fps,
         )
-        docs.append(
-            {
-                "doc_id": i,
-                "video_id": video_id,
-                "video": str(final_dir / "videos" / f"{video_id}.mp4"),
-                "question_type": qtype,
-                "question": q.question,
-                "options": list(q.options),
-                "answer": LETTERS[q.answer_index],
-                "answer_index": int(q.answer_index),
-                "answer_text": q.options[q.answer_index],
-                "num_frames": spec.num_frames,
-                "size": spec.size,
-                "fps": spec.fps,
-                "seed": params["seed"],
-                "background": q.background,
-                "objects": q.objects,
-            }
-        )
+        docs.append(doc)
     with open(tmp_dir / "test.jsonl", "w") as f:
         f.writelines(json.dumps(doc) + "\n" for doc in docs)
 
@@ -516,19 +718,22 @@ def ensure_synthetic_task(
     task_name: str = "tango_synthetic",
     question_types: list[str] | tuple[str, ...] | None = None,
     lock_timeout: float = 600.0,
+    split: str = "test",
 ) -> Path:
     """Make sure ``out_dir`` holds the synthetic task for these parameters; return its absolute path.
 
     Builds on first use; reuses the folder untouched when ``manifest.json`` matches the parameters; rebuilds it when
     they differ. Safe to call from several processes at once. ``question_types`` defaults to
     ``("color", "shape", "count", "direction")``; doc ``i`` gets type ``question_types[i % len(question_types)]``.
+    ``split``: ``"test"`` (evaluation, the default) or ``"train"`` (disjoint RNG streams, see ``doc_rng``); the
+    lmms-eval split is called ``test`` either way.
 
     Raises ``ValueError`` for bad arguments and ``FileExistsError`` if ``out_dir`` is a non-empty folder that this
     generator did not create (it is never deleted).
     """
     from filelock import FileLock
 
-    params = _check_args(num_videos, num_frames, size, fps, seed, task_name, question_types)
+    params = _check_args(num_videos, num_frames, size, fps, seed, task_name, question_types, split)
     out_dir = Path(out_dir).expanduser().resolve()
     expected = _expected_manifest(params, out_dir)
     if _is_current(out_dir, expected):  # fast path, no lock: a folder with a manifest is complete

@@ -1,0 +1,391 @@
+"""Train the tiny LLaVA-OneVision on the synthetic video task, so pruning methods get an offline accuracy signal.
+
+The model is the real ``LlavaOnevisionForConditionalGeneration`` (SigLIP with its attention-pooling head + Qwen2),
+slightly wider than ``tango.models.tiny.build_tiny_llava_ov``; the same byte-level tokenizer, processor and chat
+template, so the harness loads the result with ``from_pretrained`` like any checkpoint.
+
+Training data are rendered in memory from the generator's ``train`` split (``tango.data.synthetic.make_doc``, seed
+streams disjoint from the evaluation split), at the task's frame count, sampled with the harness's
+``sample_indices`` and passed through a yuv420p round trip (what an mp4 decoder returns, minus x264's own noise).
+The prompt is the harness's: ``doc_to_text`` of the task template (question, lettered options, post prompt) inside
+``adapter.prompt`` (the processor's chat template). The loss is cross-entropy on the answer letter and the
+``<|im_end|>`` that follows it (without the latter greedy decoding keeps writing after the letter and the reply no
+longer parses as a letter).
+
+This is a sanity signal for pruning behaviour (does a method keep the tokens that carry the answer?), not a
+substitute for the real benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tango.data import synthetic as S
+from tango.data.task_template.utils import DEFAULT_POST_PROMPT, LETTERS, doc_to_text, parse_answer_letter
+from tango.video import sample_indices
+
+# Every registered type: the original four (the default task of `python run.py`) and the pruning-study types.
+TRAIN_TYPES = tuple(S.DEFAULT_QUESTION_TYPES) + tuple(S.PRUNING_QUESTION_TYPES)
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "checkpoints/tiny_llava_ov_trained"
+    seed: int = 0                      # weights, and the train split's generator seed
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    min_lr_frac: float = 0.05          # cosine decay to lr * min_lr_frac
+    grad_clip: float = 1.0
+    question_types: tuple[str, ...] = TRAIN_TYPES
+    video_frames: int = 32             # frames of a rendered video (the default task's num_frames)
+    num_frames: int = 16               # frames the model sees (configs/model: num_frames)
+    size: int = 112
+    eval_seed: int = 4321              # held-out test split used during training (the evaluation sweep uses others)
+    eval_docs: int = 270               # held-out docs (30 per type with 9 types)
+    eval_every: int = 500
+    log_every: int = 25
+    threads: int = 2
+    text_hidden: int = 128
+    text_layers: int = 2
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    log_path: str | None = None        # JSONL log; default <out_dir>/train_log.jsonl
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+def build_model(cfg: TrainConfig):
+    """A fresh (seeded) tiny ``LlavaOnevisionForConditionalGeneration`` and its processor (head on, 112 px, patch
+    14: 8x8 patches pooled to 4x4 = 16 tokens per frame)."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
+                              Qwen2Config, SiglipVisionConfig)
+
+    from tango.models.tiny import CHAT_TEMPLATE, byte_tokenizer
+
+    tok = byte_tokenizer("llava")
+    size = cfg.size
+    vh, th = cfg.vision_hidden, cfg.text_hidden
+    vision = SiglipVisionConfig(hidden_size=vh, intermediate_size=2 * vh, num_hidden_layers=cfg.vision_layers,
+                                num_attention_heads=4, image_size=size, patch_size=14, vision_use_head=True)
+    text = Qwen2Config(vocab_size=len(tok), hidden_size=th, intermediate_size=2 * th,
+                       num_hidden_layers=cfg.text_layers, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=2048, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    mcfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
+                                image_token_index=tok.convert_tokens_to_ids("<image>"),
+                                video_token_index=tok.convert_tokens_to_ids("<video>"),
+                                vision_feature_select_strategy="full", vision_feature_layer=-1,
+                                image_grid_pinpoints=pinpoints)
+    torch.manual_seed(cfg.seed)
+    model = LlavaOnevisionForConditionalGeneration(mcfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    proc = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size={"height": size, "width": size},
+                                                     image_grid_pinpoints=pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
+        tokenizer=tok, num_image_tokens=(size // 14) ** 2, vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>")
+                                   .replace("{{ image_placeholder }}", "<image>"))
+    return model, proc
+
+
+def prompt_text(processor, doc: dict) -> str:
+    """Exactly what the harness feeds for ``doc``: the task's ``doc_to_text`` (default prompt kwargs of the task
+    YAML) inside ``LlavaOneVision.prompt`` (the chat template with one video)."""
+    question = doc_to_text(doc, {"pre_prompt": "", "post_prompt": DEFAULT_POST_PROMPT})
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+class Encoder:
+    """Docs -> model inputs, with the processor's token expansion and pixel normalisation done directly (both
+    checked against the processor in the tests)."""
+
+    def __init__(self, processor, num_frames: int, video_frames: int, size: int):
+        self.processor, self.tok = processor, processor.tokenizer
+        self.num_frames, self.video_frames, self.size = num_frames, video_frames, size
+        self.indices = sample_indices(video_frames, num_frames, avg_fps=8.0)
+        vp = processor.video_processor
+        self.mean = torch.tensor(vp.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(vp.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.video_id = self.tok.convert_tokens_to_ids("<video>")
+        dummy = np.zeros((num_frames, size, size, 3), np.uint8)
+        probe = processor(text="<video>", videos=[dummy], return_tensors="pt")["input_ids"][0]
+        self.n_video_tokens = int((probe == self.video_id).sum())
+        self.eos_id = self.tok.convert_tokens_to_ids("<|im_end|>")
+        self.letter_ids = [self.tok.convert_tokens_to_ids(c) for c in LETTERS]
+        self._cache: dict[str, list[int]] = {}
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            raw = self.tok(text, add_special_tokens=False)["input_ids"]
+            i = raw.index(self.video_id)
+            self._cache[text] = raw[:i] + [self.video_id] * self.n_video_tokens + raw[i + 1:]
+        return self._cache[text]
+
+    def frames(self, doc: dict) -> np.ndarray:
+        """``[num_frames, H, W, 3]`` uint8: render, sample like the harness, yuv420p round trip."""
+        video = S.render_video(doc["background"], doc["objects"], self.size, self.video_frames)[self.indices]
+        return yuv_roundtrip(video)
+
+    def pixels(self, frames: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+        return (x - self.mean) / self.std
+
+    def batch(self, docs: list[dict]) -> dict[str, torch.Tensor]:
+        """Right-padded prompts + the answer letter and ``<|im_end|>`` appended (positions of the prompt's last
+        token and of the letter are returned: their next-token targets are the letter and ``<|im_end|>``)."""
+        seqs = [self.ids(prompt_text(self.processor, d)) + [self.letter_ids[d["answer_index"]]] for d in docs]
+        n = max(len(s) for s in seqs)
+        ids = torch.full((len(docs), n), self.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(docs), n), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s)] = torch.tensor(s)
+            mask[b, : len(s)] = 1
+        last = torch.tensor([len(s) - 2 for s in seqs])  # the prompt's last token: predicts the letter
+        pv = torch.stack([self.pixels(self.frames(d)) for d in docs])
+        letters = torch.tensor([self.letter_ids[d["answer_index"]] for d in docs])
+        return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pv, "last": last,
+                "letter": letters}
+
+
+def yuv_roundtrip(frames: np.ndarray) -> np.ndarray:
+    """``[T, H, W, 3]`` uint8 through BT.601 limited-range yuv420p and back (2x2 chroma averaging, nearest
+    upsampling), vectorised over frames; matches ``synthetic.yuv420p_to_rgb(synthetic.rgb_to_yuv420p(f))``."""
+    rgb = frames.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = np.clip(np.rint(16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0), 0, 255)
+    cb = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    cr = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    t, h, w = y.shape
+
+    def sub(c):
+        c = c.reshape(t, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+        return np.clip(np.rint(c), 0, 255).repeat(2, 1).repeat(2, 2) - 128.0
+
+    u, v = sub(cb), sub(cr)
+    y = y - 16.0
+    out = np.stack([1.164383 * y + 1.596027 * v, 1.164383 * y - 0.391762 * u - 0.812968 * v,
+                    1.164383 * y + 2.017232 * u], -1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-vocabulary logits at the prompt's last token (-> letter) and at the letter (-> ``<|im_end|>``)."""
+    out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      pixel_values_videos=batch["pixel_values_videos"])
+    h = out.last_hidden_state
+    rows = torch.arange(h.shape[0])
+    return model.lm_head(h[rows, batch["last"]]), model.lm_head(h[rows, batch["last"] + 1])
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_docs(model, enc: Encoder, docs: list[dict], batch_size: int = 32) -> dict[str, Any]:
+    """Accuracy of the greedy first token (full vocabulary argmax == the answer letter) and of ``<|im_end|>``
+    after it, overall and per question type (0-100)."""
+    model.eval()
+    hits, eos_hits = [], []
+    for i in range(0, len(docs), batch_size):
+        chunk = docs[i:i + batch_size]
+        batch = enc.batch(chunk)
+        la, le = answer_logits(model, batch)
+        hits += (la.argmax(-1) == batch["letter"]).tolist()
+        eos_hits += (le.argmax(-1) == enc.eos_id).tolist()
+    return summarize(docs, hits, extra={"eos_acc": 100.0 * float(np.mean(eos_hits))})
+
+
+def summarize(docs: list[dict], hits: list, extra: dict | None = None) -> dict[str, Any]:
+    res = {"acc": 100.0 * float(np.mean(hits)), "n": len(hits), **(extra or {})}
+    for t in dict.fromkeys(d["question_type"] for d in docs):
+        sel = [h for h, d in zip(hits, docs) if d["question_type"] == t]
+        res[f"acc/{t}"] = 100.0 * float(np.mean(sel))
+    return res
+
+
+@torch.no_grad()
+def evaluate_with_adapter(pretrained: str | Path, task_dir: str | Path, method: str = "none", budget: float = 1.0,
+                          num_frames: int = 16, limit: int | None = None) -> dict[str, Any]:
+    """The harness path on an mp4 task folder (decode -> processor -> adapter.generate -> parse_answer_letter),
+    without lmms-eval: what ``python run.py`` measures, minus the runner."""
+    from tango.methods import METHODS
+    from tango.models.llava_ov import LlavaOneVision
+    from tango.video import read_clip
+
+    adapter = LlavaOneVision(str(pretrained), device=torch.device("cpu"), dtype="float32")
+    m = METHODS[method]()
+    docs = S.load_docs(task_dir)[:limit]
+    hits, parsed = [], 0
+    for d in docs:
+        clip = read_clip(d["video"], num_frames, backend="pyav")
+        question = doc_to_text(d, {"pre_prompt": "", "post_prompt": DEFAULT_POST_PROMPT})
+        gen = adapter.generate(adapter.prepare(clip, question), clip, m, budget, max_new_tokens=8)
+        letter = parse_answer_letter(gen.text, d["options"])
+        parsed += letter is not None
+        hits.append(letter == d["answer"])
+    return summarize(docs, hits, extra={"parsed": parsed})
+
+
+# ---------------------------------------------------------------------------------------------- pruning sweep
+SWEEP_METHODS = ("tango", "fastv", "visionzip", "dycoke")
+SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
+# Per-method settings for a 2-decoder-layer model (the model_method files of tiny_llava_ov, which Hydra only picks
+# up for model=tiny_llava_ov).
+TINY_METHOD_OVERRIDES = {"fastv": ["method.layer=1", "method.num_layers=2"], "dycoke": ["method.kv_layer=1"],
+                         "tango": ["method.sink_indices=[]", "method.inner_llm=false"]}
+
+
+def sweep_cells(seeds=(0, 1, 2), methods=SWEEP_METHODS, budgets=SWEEP_BUDGETS, model: str = "tiny_llava_ov_trained",
+                num_videos: int = 80, task_dir: str | Path = "/tmp/tango_tiny_trained_tasks",
+                extra: list[str] | tuple[str, ...] = ()) -> list[list[str]]:
+    """The Hydra override lists of the accuracy-vs-budget sweep: per evaluation seed ``k`` (run ``seed=k``, task
+    ``task.synthetic.seed=1234+k``, its own task folder), the full-token run and every method x budget."""
+    cells = []
+    for k in seeds:
+        base = [f"model={model}", f"seed={k}", f"task.synthetic.seed={1234 + k}",
+                f"task.synthetic.num_videos={num_videos}", f"task.include_path={Path(task_dir) / f's{k}'}",
+                "logger=[csv]", "fail_fast=false", *extra]
+        cells.append([*base, "method=none"])
+        for m in methods:
+            for b in budgets:
+                cells.append([*base, f"method={m}", f"budget={b}", *TINY_METHOD_OVERRIDES.get(m, [])])
+    return cells
+
+
+def run_cell(overrides: list[str], question_types: list[str] | tuple[str, ...] | None = S.PRUNING_QUESTION_TYPES):
+    """``python run.py <overrides>`` in this process, on a synthetic task with ``question_types``. The task schema
+    (``tango.config.SyntheticConfig``) has no ``question_types`` field yet, so it cannot be given on the command line;
+    until it has, the runner's call of ``ensure_synthetic_task`` gets it as a default keyword here."""
+    import functools
+
+    from tango.config import compose
+    from tango.runner import run
+
+    cfg = compose(overrides)
+    original = S.ensure_synthetic_task
+    if question_types is not None:
+        S.ensure_synthetic_task = functools.partial(original, question_types=list(question_types))
+    try:
+        return run(cfg)
+    finally:
+        S.ensure_synthetic_task = original
+
+
+# ------------------------------------------------------------------------------------------------------- training
+def set_determinism(seed: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    try:
+        torch.use_deterministic_algorithms(True)
+    except Exception:  # pragma: no cover - CPU supports it
+        pass
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train from ``cfg.seed``; write the checkpoint (``save_pretrained`` + processor) and ``train_log.jsonl`` /
+    ``train_summary.json`` into ``cfg.out_dir``; return the summary."""
+    from tqdm import tqdm
+
+    set_determinism(cfg.seed, cfg.threads)
+    model, proc = build_model(cfg)
+    enc = Encoder(proc, cfg.num_frames, cfg.video_frames, cfg.size)
+    spec = S.SceneSpec(size=cfg.size, num_frames=cfg.video_frames, fps=8)
+    types = list(cfg.question_types)
+    eval_docs = [S.make_doc(i, spec=spec, seed=cfg.eval_seed, question_types=types, split="test")
+                 for i in range(cfg.eval_docs)]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = Path(cfg.log_path) if cfg.log_path else out_dir / "train_log.jsonl"
+    log = open(log_path, "w")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.write(json.dumps({"event": "start", "config": asdict(cfg), "params": n_params}) + "\n")
+    t0 = time.time()
+    run_loss, run_hits, run_n = 0.0, 0, 0
+    bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.progress, mininterval=2.0)
+    last_eval: dict[str, Any] = {}
+    for step in bar:
+        model.train()
+        docs = [S.make_doc(step * cfg.batch_size + j, spec=spec, seed=cfg.seed, question_types=types, split="train")
+                for j in range(cfg.batch_size)]
+        batch = enc.batch(docs)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        la, le = answer_logits(model, batch)
+        loss_letter = F.cross_entropy(la, batch["letter"])
+        loss_eos = F.cross_entropy(le, torch.full_like(batch["letter"], enc.eos_id))
+        loss = loss_letter + loss_eos
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        run_loss += float(loss_letter)
+        run_hits += int((la.argmax(-1) == batch["letter"]).sum())
+        run_n += len(docs)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            rec = {"event": "train", "step": step + 1, "loss": run_loss / (run_n / len(docs)),
+                   "loss_eos": float(loss_eos), "train_acc": 100.0 * run_hits / run_n, "lr": lr_at(step, cfg),
+                   "wall_s": round(time.time() - t0, 1)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.1f}")
+            run_loss, run_hits, run_n = 0.0, 0, 0
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            last_eval = evaluate_docs(model, enc, eval_docs)
+            log.write(json.dumps({"event": "eval", "step": step + 1, "wall_s": round(time.time() - t0, 1),
+                                  **last_eval}) + "\n")
+            log.flush()
+            bar.write(f"[eval step {step + 1}] " + " ".join(f"{k}={v:.1f}" for k, v in last_eval.items()
+                                                           if k.startswith("acc") or k == "eos_acc"))
+            if step + 1 < cfg.steps:  # an intermediate checkpoint: usable if a long run is cut short
+                save_checkpoint(model.eval(), proc, out_dir)
+    wall = time.time() - t0
+    model.eval()
+    save_checkpoint(model, proc, out_dir)
+    summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed, "wall_s": round(wall, 1),
+               "params": n_params, "heldout_eval_seed": cfg.eval_seed, "heldout": last_eval,
+               "torch": torch.__version__, "threads": cfg.threads}
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.write(json.dumps({"event": "end", **summary}) + "\n")
+    log.close()
+    return summary
+
+
+def save_checkpoint(model, proc, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    proc.save_pretrained(out_dir)
+    return out_dir
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit("use scripts/train_tiny.py")
