@@ -118,6 +118,22 @@ def _done_marker(dest: Path, archive: Path) -> Path:
     return dest / DONE_DIR / (archive.name + ".done")
 
 
+def _write_member(dest: Path, name: str, size: int, open_src, archive: Path) -> int:
+    """Write one archive member under ``dest`` (via a ``.part`` file renamed into place); 0 if a file of the same
+    size is already there, 1 if written. Refuses members that would land outside ``dest``."""
+    target = Path(os.path.normpath(dest.absolute() / name))  # no symlink resolution: dest may hold links
+    if not str(target).startswith(str(dest.absolute()) + os.sep):
+        raise ValueError(f"{archive}: member {name!r} would be written outside {dest}")
+    if target.is_file() and target.stat().st_size == size:
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    with open_src() as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(tmp, target)
+    return 1
+
+
 def extract_zip(archive: Path, dest: Path, strip_prefix: str = "") -> int:
     """Extract ``archive`` into ``dest``, skipping members already there with the right size; returns the number
     written. ``strip_prefix``: a leading folder removed from member names. Marks the archive done at the end."""
@@ -131,17 +147,7 @@ def extract_zip(archive: Path, dest: Path, strip_prefix: str = "") -> int:
                 else info.filename
             if not name or name.endswith("/") or name.startswith("__MACOSX/"):
                 continue
-            target = Path(os.path.normpath(dest.absolute() / name))  # no symlink resolution: dest may hold links
-            if not str(target).startswith(str(dest.absolute()) + os.sep):
-                raise ValueError(f"{archive}: member {info.filename!r} would be written outside {dest}")
-            if target.is_file() and target.stat().st_size == info.file_size:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
-            with zf.open(info) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            os.replace(tmp, target)
-            written += 1
+            written += _write_member(dest, name, info.file_size, lambda: zf.open(info), archive)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("ok\n")
     return written
@@ -181,17 +187,7 @@ def extract_tar_parts(parts: list[Path], dest: Path) -> int:
         for member in tf:
             if not member.isfile():
                 continue
-            target = Path(os.path.normpath(dest.absolute() / member.name))
-            if not str(target).startswith(str(dest.absolute()) + os.sep):
-                raise ValueError(f"{parts[0]}: member {member.name!r} would be written outside {dest}")
-            if target.is_file() and target.stat().st_size == member.size:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
-            with tf.extractfile(member) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            os.replace(tmp, target)
-            written += 1
+            written += _write_member(dest, member.name, member.size, lambda: tf.extractfile(member), parts[0])
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("ok\n")
     return written

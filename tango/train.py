@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,38 +70,13 @@ class TrainConfig:
 def build_model(cfg: TrainConfig):
     """A fresh (seeded) tiny ``LlavaOnevisionForConditionalGeneration`` and its processor (head on, 112 px, patch
     14: 8x8 patches pooled to 4x4 = 16 tokens per frame)."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
-                              Qwen2Config, SiglipVisionConfig)
+    from tango.models.tiny import tiny_llava_ov
 
-    from tango.models.tiny import CHAT_TEMPLATE, byte_tokenizer
-
-    tok = byte_tokenizer("llava")
-    size = cfg.size
-    vh, th = cfg.vision_hidden, cfg.text_hidden
-    vision = SiglipVisionConfig(hidden_size=vh, intermediate_size=2 * vh, num_hidden_layers=cfg.vision_layers,
-                                num_attention_heads=4, image_size=size, patch_size=14, vision_use_head=True)
-    text = Qwen2Config(vocab_size=len(tok), hidden_size=th, intermediate_size=2 * th,
-                       num_hidden_layers=cfg.text_layers, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=2048, bos_token_id=None, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-    pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
-    mcfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
-                                image_token_index=tok.convert_tokens_to_ids("<image>"),
-                                video_token_index=tok.convert_tokens_to_ids("<video>"),
-                                vision_feature_select_strategy="full", vision_feature_layer=-1,
-                                image_grid_pinpoints=pinpoints)
-    torch.manual_seed(cfg.seed)
-    model = LlavaOnevisionForConditionalGeneration(mcfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    proc = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size={"height": size, "width": size},
-                                                     image_grid_pinpoints=pinpoints),
-        video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
-        tokenizer=tok, num_image_tokens=(size // 14) ** 2, vision_feature_select_strategy="full",
-        chat_template=CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>")
-                                   .replace("{{ image_placeholder }}", "<image>"))
+    model, proc = tiny_llava_ov(cfg.seed, size=cfg.size, vision_hidden=cfg.vision_hidden,
+                                vision_layers=cfg.vision_layers, vision_heads=4, text_hidden=cfg.text_hidden,
+                                text_layers=cfg.text_layers, max_position_embeddings=2048, tie_word_embeddings=True)
+    model.generation_config.eos_token_id = proc.tokenizer.eos_token_id
+    model.generation_config.pad_token_id = proc.tokenizer.pad_token_id
     return model, proc
 
 

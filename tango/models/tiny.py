@@ -55,21 +55,22 @@ def byte_tokenizer(style: str):
                                    extra_special_tokens=extra)
 
 
-def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
-    """Tiny ``LlavaOnevisionForConditionalGeneration``: SigLIP (112 px, patch 14, 8x8 patches, with the
-    attention-pooling head that Tango's attention source needs) + 12-layer Qwen2 (hidden 64).
-    A frame gives 8x8 patches, pooled to 4x4 = 16 tokens; a video of F frames gives 16F + 1 tokens."""
+def tiny_llava_ov(seed: int = 0, *, size: int = 112, vision_hidden: int = 64, vision_layers: int = 2,
+                  vision_heads: int = 2, text_hidden: int = 64, text_layers: int = TEXT_LAYERS, **text_kwargs):
+    """A seeded tiny ``LlavaOnevisionForConditionalGeneration`` and its processor: SigLIP (patch 14, with the
+    attention-pooling head that Tango's attention source needs) + Qwen2; ``size`` 112 gives 8x8 patches per frame,
+    pooled to 4x4 = 16 tokens, so a video of F frames gives 16F + 1 tokens. ``text_kwargs`` go to ``Qwen2Config``."""
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                               LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
                               Qwen2Config, SiglipVisionConfig)
 
     tok = byte_tokenizer("llava")
-    size = 112
-    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=size, patch_size=14, vision_use_head=True)
-    text = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=TEXT_LAYERS,
-                       num_attention_heads=4, num_key_value_heads=2, bos_token_id=None,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                                num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=size,
+                                patch_size=14, vision_use_head=True)
+    text = Qwen2Config(vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+                       num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2, bos_token_id=None,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **text_kwargs)
     pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
     cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
                                image_token_index=tok.convert_tokens_to_ids("<image>"),
@@ -85,7 +86,12 @@ def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
         tokenizer=tok, num_image_tokens=(size // 14) ** 2, vision_feature_select_strategy="full",
         chat_template=CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>")
                                    .replace("{{ image_placeholder }}", "<image>"))
-    return _save(model, proc, out_dir)
+    return model, proc
+
+
+def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
+    """The default tiny LLaVA-OV (hidden 64, 2 vision + 12 text layers), saved at ``out_dir``."""
+    return _save(*tiny_llava_ov(seed), out_dir)
 
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
