@@ -110,8 +110,8 @@ def test_infeasible_and_bad_values_raise():
 @pytest.mark.config
 @pytest.mark.parametrize(
     "model, method, expected",
-    [("tiny_llava_ov", "fastv", {"layer": 1, "num_layers": 2}), ("llava_ov", "fastv", {"layer": 2, "num_layers": 28}),
-     ("tiny_qwen2_5_vl", "dycoke", {"kv_layer": 1, "merging_ratio": None}),
+    [("tiny_llava_ov", "fastv", {"layer": 1, "num_layers": 12}), ("llava_ov", "fastv", {"layer": 2, "num_layers": 28}),
+     ("tiny_qwen2_5_vl", "dycoke", {"kv_layer": 3, "merging_ratio": None}),
      ("llava_video", "visionzip", {"sort_by_position": True, "dominant_ratio": 54 / 64})],
 )
 def test_model_method_overrides_reach_the_method(model, method, expected):
