@@ -30,6 +30,30 @@ class Generation:
     stats: dict[str, float | int | None] = field(default_factory=dict)
 
 
+class VideoAdapter:
+    """What every adapter shares: construction around a built model (``from_model``), the chat prompt with one
+    video, and the basic attributes. Subclasses extend ``_setup`` and implement ``prepare`` and ``generate``."""
+
+    family = "base"
+
+    @classmethod
+    def from_model(cls, model, processor, device: torch.device | str):
+        """The adapter around an already-built model and processor (e.g. random weights of the real architecture
+        built on the GPU by ``scripts/bench_prefill.py``); everything else as with ``__init__``."""
+        self = cls.__new__(cls)
+        self._setup(model.to(torch.device(device)).eval(), processor, device)
+        return self
+
+    def _setup(self, model, processor, device) -> None:
+        self.device = torch.device(device)
+        self.model, self.processor = model, processor
+        self.video_token_id = self.model.config.video_token_id
+
+    def prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

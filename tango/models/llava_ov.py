@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 from tango.flops import llava_ov_prefill_flops
 from tango.methods.base import PruningMethod
-from tango.models.base import Generation, load_pretrained, prefill_and_decode
+from tango.models.base import Generation, VideoAdapter, load_pretrained, prefill_and_decode
 from tango.timing import Stopwatch
 from tango.video import Clip
 
 
-class LlavaOneVision:
+class LlavaOneVision(VideoAdapter):
     family = "llava_ov"
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
@@ -45,27 +45,13 @@ class LlavaOneVision:
                                      attn_implementation, tiny, seed), device)
         self.pooling_head_source = pooling_head
 
-    @classmethod
-    def from_model(cls, model, processor, device: torch.device | str):
-        """The adapter around an already-built model and processor (e.g. random weights of the real architecture
-        built on the GPU by ``scripts/bench_prefill.py``); everything else as with ``__init__``."""
-        self = cls.__new__(cls)
-        self._setup(model.to(torch.device(device)).eval(), processor, device)
-        return self
-
     def _setup(self, model, processor, device) -> None:
-        self.device = torch.device(device)
-        self.model, self.processor = model, processor
+        super()._setup(model, processor, device)
         self.pooling_head_source, self._pooling_head = None, None
         vc = self.model.config.vision_config
         side = vc.image_size // vc.patch_size
         self.patch_grid = (side, side)
         self.grid = (math.ceil(side / 2), math.ceil(side / 2))  # apply_pooling's output grid
-        self.video_token_id = self.model.config.video_token_id
-
-    def prompt(self, question: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def prepare(self, clip: Clip, question: str) -> dict:
         """Processor inputs on the model's device: ``input_ids [1, S]``, ``pixel_values_videos [1, F, 3, H, W]``."""

@@ -38,14 +38,14 @@ import torch
 
 from tango.flops import _get, llm_prefill_flops
 from tango.methods.base import PruningMethod
-from tango.models.base import Generation, load_pretrained, prefill_and_decode
+from tango.models.base import Generation, VideoAdapter, load_pretrained, prefill_and_decode
 from tango.timing import Stopwatch
 from tango.video import Clip
 
 VIDEO_TYPE = 2  # mm_token_type_ids: 0 text, 1 image, 2 video
 
 
-class Qwen25VL:
+class Qwen25VL(VideoAdapter):
     family = "qwen2_5_vl"
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
@@ -55,23 +55,9 @@ class Qwen25VL:
         self._setup(*load_pretrained(Qwen2_5_VLForConditionalGeneration, self.family, pretrained, device, dtype,
                                      attn_implementation, tiny, seed), device)
 
-    @classmethod
-    def from_model(cls, model, processor, device: torch.device | str):
-        """The adapter around an already-built model and processor (e.g. random weights of the real architecture
-        built on the GPU by ``scripts/bench_prefill.py``); everything else as with ``__init__``."""
-        self = cls.__new__(cls)
-        self._setup(model.to(torch.device(device)).eval(), processor, device)
-        return self
-
     def _setup(self, model, processor, device) -> None:
-        self.device = torch.device(device)
-        self.model, self.processor = model, processor
+        super()._setup(model, processor, device)
         self.merge = self.model.config.vision_config.spatial_merge_size
-        self.video_token_id = self.model.config.video_token_id
-
-    def prompt(self, question: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def prepare(self, clip: Clip, question: str) -> dict:
         """Processor inputs on the model's device: ``input_ids``, ``attention_mask``, ``mm_token_type_ids [1, S]``,
