@@ -10,7 +10,9 @@ only plan there, so their in-decoder cost is not in this table. Warm-up calls fi
 
 Output: ``results/methods/bench_<device>.csv`` (``bench_<device>_smoke.csv`` with ``--smoke``), one row per device x
 dtype x frames x method x budget with the device name, torch version, thread count, median / p90 ms, realised
-``tokens_in`` / ``tokens_out``, the host's 1-minute load average and the date.
+``tokens_in`` / ``tokens_out``, the host's 1-minute load average, the date and, on CUDA, the peak memory one call allocates beyond
+its inputs (``peak_extra_mib``: Tango's segment-wide distances are computed in blocks, so it grows linearly, not
+quadratically, in frames).
 
 Examples::
 
@@ -43,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 from tango.methods import METHODS  # noqa: E402
 
 FIELDS = ["date", "device", "device_name", "torch", "threads", "dtype", "frames", "tokens_per_frame", "dim",
-          "method", "budget", "median_ms", "p90_ms", "repeats", "tokens_in", "tokens_out", "load_avg_1m"]
+          "method", "budget", "median_ms", "p90_ms", "repeats", "tokens_in", "tokens_out", "load_avg_1m",
+          "peak_extra_mib"]
 
 
 def device_name(device: str) -> str:
@@ -86,6 +89,19 @@ def time_ms(fn, device: str, warmup: int, repeats: int) -> list[float]:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def peak_extra_mib(fn, device: str) -> float | None:
+    """CUDA memory allocated at the peak of one ``fn()`` call beyond what was allocated before it (MiB): the
+    method's working set, e.g. a distance matrix. None on CPU (no allocator statistics)."""
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return round((torch.cuda.max_memory_allocated(device) - base) / 2**20, 1)
 
 
 def p90(values: list[float]) -> float:
@@ -170,7 +186,8 @@ def main(argv=None) -> Path:
                                    tokens_per_frame=grid[0] * grid[1], dim=args.dim, method=name, budget=budget,
                                    median_ms=round(statistics.median(times), 4), p90_ms=round(p90(times), 4),
                                    repeats=len(times), tokens_in=sel.stats.get("tokens_in"),
-                                   tokens_out=sel.stats.get("tokens_out"), load_avg_1m=load_average())
+                                   tokens_out=sel.stats.get("tokens_out"), load_avg_1m=load_average(),
+                                   peak_extra_mib=peak_extra_mib(call, device))
                         rows.append(row)
                         print(f"{device:5s} {dtype_name:8s} {frames:4d}f {name:10s} b={budget:<5g} "
                               f"median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
@@ -179,6 +196,12 @@ def main(argv=None) -> Path:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         path = args.out_dir / f"bench_{slug}{'_smoke' if args.smoke else ''}.csv"
         new = not (args.append and path.exists())
+        if not new:
+            with path.open(newline="") as fh:
+                header = next(csv.reader(fh), [])
+            if header != FIELDS:
+                raise SystemExit(f"--append: {path} has columns {header}, this script writes {FIELDS}; "
+                                 "write a new file (drop --append) or move the old one")
         with path.open("w" if new else "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=FIELDS)
             if new:

@@ -4,12 +4,29 @@ Follows ``tango/utils.py::dpc_knn`` of github.com/xjtupanda/Tango@cc815b6 (Eucli
 scaling, density ``exp(-mean squared kNN distance)``, tie-breaking noise ``U(0, noise)``), with the noise drawn from
 an explicit ``torch.Generator`` so that results are reproducible. HoliTom / FastVID variants divide the distances by
 ``sqrt(D)`` first: pass ``x / D**0.25`` to get that.
+
+Memory: a segment-wide pool can hold the whole video (M = frames x tokens per frame, 50k at 256 frames), whose
+``[M, M]`` distance matrix alone would be 10 GB. When ``B*M*M`` exceeds ``max_block`` elements the distances are
+computed in row blocks of at most ``max_block`` elements, twice (pass 1: kNN density and the global maximum; pass 2:
+distance to the nearest denser point), so peak memory grows as ``M * block`` instead of ``M**2``, for twice the
+distance FLOPs. Below the threshold (every parity fixture) the single-matrix path of the reference is used.
+Deviation: in the blocked path a distance computed by a row-block ``cdist`` may differ from the full-matrix one in
+the last bit, so an exact near-tie (below fp32 resolution) can resolve differently than in the reference.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+# Largest distance block materialised at once (elements; 2**26 fp32 = 256 MiB). The reference's single [M, M]
+# matrix is used while B*M*M stays below it: up to ~8k tokens, i.e. a whole 32-frame LLaVA-OV video.
+MAX_BLOCK = 2**26
+
+
+def _row_blocks(b: int, m: int, cols: int, max_block: int) -> range:
+    """Start rows of blocks of ``rows`` such that ``b * rows * cols <= max_block`` (at least one row)."""
+    return range(0, m, max(1, max_block // max(b * cols, 1)))
 
 
 def pairwise_dist(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -30,6 +47,7 @@ def dpc_knn(
     generator: torch.Generator | None = None,
     noise: float = 1e-6,
     dist: Tensor | None = None,
+    max_block: int | None = None,
 ) -> Tensor:
     """Pick ``n_clusters`` density-peak centres in each of B point sets.
 
@@ -40,6 +58,8 @@ def dpc_knn(
         generator: source of the tie-breaking noise (CPU generator; None uses the global RNG).
         noise: amplitude of the uniform noise added to the density.
         dist: optional precomputed ``[B, M, M]`` distance matrix of ``x``.
+        max_block: largest distance block (elements) computed at once (None: ``MAX_BLOCK``); above it, two
+            blocked passes.
 
     Returns:
         ``[B, C]`` long indices into M, in decreasing order of the score ``rho * delta`` (upstream's order).
@@ -47,6 +67,9 @@ def dpc_knn(
     b, m, _ = x.shape
     if not 1 <= n_clusters <= m:
         raise ValueError(f"n_clusters={n_clusters} must be in [1, {m}] (number of points)")
+    max_block = MAX_BLOCK if max_block is None else max_block
+    if dist is None and b * m * m > max_block:
+        return _dpc_knn_blocked(x, n_clusters, k, generator, noise, max_block)
     d = pairwise_dist(x) if dist is None else dist
     # k+1 smallest includes the point itself at distance 0.
     knn = d.topk(min(k + 1, m), dim=-1, largest=False).values[..., 1:]
@@ -64,6 +87,33 @@ def dpc_knn(
     return (rho * delta).topk(n_clusters, dim=-1).indices
 
 
-def assign_nearest(x: Tensor, centres: Tensor) -> Tensor:
-    """Index ``[B, M]`` of the nearest of ``centres [B, C, D]`` for each point of ``x [B, M, D]`` (first on ties)."""
-    return pairwise_dist(x, centres).argmin(dim=-1)
+def _dpc_knn_blocked(x: Tensor, n_clusters: int, k: int, generator, noise: float, max_block: int) -> Tensor:
+    """``dpc_knn`` with the distances recomputed in row blocks (see the module docstring); same outputs."""
+    b, m, _ = x.shape
+    x = x.float()
+    starts = _row_blocks(b, m, m, max_block)
+    step = starts.step
+    knn, d_max = [], None
+    for s in starts:
+        d = torch.cdist(x[:, s:s + step], x)  # [B, rows, M]
+        knn.append(d.topk(min(k + 1, m), dim=-1, largest=False).values[..., 1:])
+        blk_max = d.amax(dim=(1, 2))
+        d_max = blk_max if d_max is None else torch.maximum(d_max, blk_max)
+    rho = (-(torch.cat(knn, dim=1) ** 2).mean(dim=-1)).exp()
+    rho = rho + torch.rand(rho.shape, generator=generator, dtype=rho.dtype).to(rho.device) * noise
+    delta = torch.empty_like(rho)
+    for s in starts:
+        d = torch.cdist(x[:, s:s + step], x)
+        not_denser = rho[:, None, :] <= rho[:, s:s + step, None]
+        delta[:, s:s + step] = torch.where(not_denser, d_max[:, None, None], d).amin(dim=-1)
+    return (rho * delta).topk(n_clusters, dim=-1).indices
+
+
+def assign_nearest(x: Tensor, centres: Tensor, max_block: int | None = None) -> Tensor:
+    """Index ``[B, M]`` of the nearest of ``centres [B, C, D]`` for each point of ``x [B, M, D]`` (first on ties),
+    in row blocks of at most ``max_block`` (None: ``MAX_BLOCK``) distances."""
+    b, m, _ = x.shape
+    starts = _row_blocks(b, m, centres.shape[1], MAX_BLOCK if max_block is None else max_block)
+    if len(starts) == 1:
+        return pairwise_dist(x, centres).argmin(dim=-1)
+    return torch.cat([pairwise_dist(x[:, s:s + starts.step], centres).argmin(dim=-1) for s in starts], dim=1)

@@ -341,6 +341,46 @@ def test_dpc_knn_recovers_separated_clusters():
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("max_block", [97, 1000, 12_345])
+def test_blocked_dpc_knn_and_assignment_equal_the_single_matrix(max_block):
+    from tango.methods.dpc import assign_nearest
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.normalize(torch.randn(2, 300, 24, generator=g), dim=-1)  # B*M*M = 180k > max_block
+    full = dpc_knn(x, 17, 7, generator=torch.Generator().manual_seed(1))
+    blocked = dpc_knn(x, 17, 7, generator=torch.Generator().manual_seed(1), max_block=max_block)
+    assert torch.equal(full, blocked)
+    centres = x[:, :40]
+    assert torch.equal(assign_nearest(x, centres), assign_nearest(x, centres, max_block=max_block))
+
+
+@pytest.mark.unit
+def test_no_distance_block_grows_with_the_square_of_the_video(monkeypatch):
+    # A static video is one segment whose context pool is the whole video: the reference builds its [M, M]
+    # distance matrix. Every cdist here must stay within MAX_BLOCK elements, and the selection must not change.
+    import tango.methods.dpc as dpc
+
+    g = torch.Generator().manual_seed(11)
+    frame = torch.randn(1, 36, 32, generator=g)
+    x = frame.repeat(24, 1, 1) + 0.05 * torch.randn(24, 36, 32, generator=g)  # 864 tokens, one segment
+    attn = torch.rand(24, 36, generator=g)
+    ref = Tango().prune(x, budget=0.3, attn=attn)
+    assert ref.stats["num_segments"] == 1
+    sizes, cdist = [], torch.cdist
+
+    def spy(a, b, *args, **kw):
+        out = cdist(a, b, *args, **kw)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(dpc, "MAX_BLOCK", 20_000)  # < 864**2 = 746k
+    monkeypatch.setattr(torch, "cdist", spy)
+    got = Tango().prune(x, budget=0.3, attn=attn)
+    assert sizes and max(sizes) <= 20_000
+    assert torch.equal(got.indices, ref.indices) and torch.equal(got.tokens, ref.tokens)
+
+
+@pytest.mark.unit
 def test_sinks_are_masked_without_touching_the_input():
     v = make_video(4)
     attn = v["attn"].clone()
