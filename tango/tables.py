@@ -82,13 +82,15 @@ import pandas as pd
 # ---------------------------------------------------------------------------------------------------- vocabulary
 BENCHMARKS = ["videomme", "mlvu", "longvideobench", "mvbench"]
 TASK_NAMES = {"videomme": "VideoMME", "mlvu": "MLVU", "longvideobench": "LongVideoBench", "mvbench": "MVBench",
-              "synthetic": "Synthetic", "avg": "Avg"}
+              "synthetic": "Synthetic", "synthetic_pruning": "Synthetic (pruning types)", "avg": "Avg"}
+SYNTHETIC = ["synthetic", "synthetic_pruning"]  # offline tasks: one table (+ per-type plot) each
 METHOD_ORDER = ["none", "fastv", "visionzip", "dycoke", "tango"]
 METHOD_NAMES = {"none": "Full tokens", "fastv": "FastV", "visionzip": "VisionZip", "dycoke": "DyCoke",
                 "tango": "Tango"}
-MODEL_ORDER = ["llava_ov", "llava_video", "qwen2_5_vl", "tiny_llava_ov", "tiny_qwen2_5_vl"]
+MODEL_ORDER = ["llava_ov", "llava_video", "qwen2_5_vl", "tiny_llava_ov_trained", "tiny_llava_ov", "tiny_qwen2_5_vl"]
 MODEL_NAMES = {"llava_ov": "LLaVA-OV-7B", "llava_video": "LLaVA-Video-7B", "qwen2_5_vl": "Qwen2.5-VL-7B",
                "tiny_llava_ov": "tiny LLaVA-OV (random weights)",
+               "tiny_llava_ov_trained": "tiny LLaVA-OV (trained on the synthetic task)",
                "tiny_qwen2_5_vl": "tiny Qwen2.5-VL (random weights)"}
 # One colour per method, the same in every plot (Okabe-Ito, colour-blind safe); unknown methods get grey shades.
 METHOD_COLORS = {"none": "#000000", "fastv": "#E69F00", "visionzip": "#56B4E9", "dycoke": "#009E73",
@@ -535,18 +537,22 @@ def main_table(ok: pd.DataFrame, failed: pd.DataFrame, tasks: Sequence[str] = BE
                           columns=cols, avg_over=[c[0] for c in cols], digits=digits)
 
 
-def synthetic_table(ok: pd.DataFrame, failed: pd.DataFrame, digits: int = 1) -> Table:
-    ok_s = ok[ok["task"] == "synthetic"]
-    failed_s = failed[failed["task"] == "synthetic"] if len(failed) else failed
-    types = sorted(c for c in ok_s.columns if c.startswith("accuracy/") and ok_s[c].notna().any())
-    cols = [("Accuracy", "synthetic", "accuracy")] + [(c.split("/", 1)[1], "synthetic", c) for c in types]
-    return accuracy_table(ok_s, failed_s, name="synthetic",
-                          title="Synthetic task: accuracy (%) overall and per question type",
+def question_types(ok: pd.DataFrame) -> list[str]:
+    """The ``accuracy/<type>`` columns with values, sorted."""
+    return sorted(c for c in ok.columns if c.startswith("accuracy/") and ok[c].notna().any())
+
+
+def synthetic_table(ok: pd.DataFrame, failed: pd.DataFrame, digits: int = 1, task: str = "synthetic") -> Table:
+    ok_s = ok[ok["task"] == task]
+    failed_s = failed[failed["task"] == task] if len(failed) else failed
+    cols = [("Accuracy", task, "accuracy")] + [(c.split("/", 1)[1], task, c) for c in question_types(ok_s)]
+    return accuracy_table(ok_s, failed_s, name=task,
+                          title=f"{task_name(task)} task: accuracy (%) overall and per question type",
                           columns=cols, avg_over=None, digits=digits, extra_retention=True)
 
 
 def default_efficiency_task(ok: pd.DataFrame) -> str | None:
-    for t in BENCHMARKS + ["synthetic"]:
+    for t in BENCHMARKS + SYNTHETIC:
         if (ok["task"] == t).any():
             return t
     return ok["task"].iloc[0] if len(ok) else None
@@ -617,7 +623,7 @@ def frames_task(ok: pd.DataFrame, task: str | None = None) -> str | None:
     if task:
         return task
     ok = ok[ok["num_frames"] >= 0]
-    for t in _order(ok["task"], BENCHMARKS + ["synthetic"]):
+    for t in _order(ok["task"], BENCHMARKS + SYNTHETIC):
         if ok.loc[ok["task"] == t, "num_frames"].nunique() >= 2:
             return t
     return None
@@ -668,7 +674,7 @@ def ablation_table(ok: pd.DataFrame, failed: pd.DataFrame, by: str | Sequence[st
         if b not in ok.columns:
             raise ValueError(f"ablation column {b!r} not in the records; available: "
                              f"{sorted(c for c in ok.columns if not c.startswith('_'))}")
-    tasks = list(tasks or _order(ok["task"], BENCHMARKS + ["synthetic"]))
+    tasks = list(tasks or _order(ok["task"], BENCHMARKS + SYNTHETIC))
     tasks = [tk for tk in tasks if (ok["task"] == tk).any() or (len(failed) and (failed["task"] == tk).any())]
     headers = ["Model", "Method", "Retention"] + [b.split(".")[-1].split("/")[-1] for b in by] + [
         task_name(tk) for tk in tasks] + ["TTFT (ms)"]
@@ -894,7 +900,7 @@ def _plt():
 def plot_accuracy_vs_retention(ok: pd.DataFrame, path: str | Path, tasks: Sequence[str] | None = None) -> Path | None:
     """One panel per (model, task) with runs: accuracy vs. retention, a line per method (± std over seeds); the
     full-token model as a dashed horizontal line."""
-    tasks = list(tasks or _order(ok["task"], BENCHMARKS + ["synthetic"]))
+    tasks = list(tasks or _order(ok["task"], BENCHMARKS + SYNTHETIC))
     ok = ok[ok["task"].isin(tasks)]
     if ok.empty or "accuracy" not in ok.columns or ok["accuracy"].isna().all():
         return None
@@ -928,6 +934,51 @@ def plot_accuracy_vs_retention(ok: pd.DataFrame, path: str | Path, tasks: Sequen
         ax.set_xlim(0, 105)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_accuracy_by_type(ok: pd.DataFrame, path: str | Path, task: str) -> Path | None:
+    """For one task with per-question-type accuracies (the synthetic tasks): one panel per (model, type) plus the
+    overall accuracy, accuracy vs. budget, a line per method with ± std over seeds as error bars, the full-token
+    model as a dashed line with its ± std band."""
+    ok = ok[ok["task"] == task]
+    cols = ["accuracy"] + question_types(ok)
+    if ok.empty or len(cols) < 2:
+        return None
+    plt = _plt()
+    models = [m for m in _order(ok["model"], MODEL_ORDER)]
+    ncol = len(cols)
+    fig, axes = plt.subplots(len(models), ncol, figsize=(3.0 * ncol, 2.9 * len(models)), squeeze=False)
+    for r, model in enumerate(models):
+        g = ok[ok["model"] == model]
+        for ax, col in zip(axes[r], cols):
+            for method in _order(g["method"], METHOD_ORDER):
+                gm = g[g["method"] == method].groupby("budget")[col].agg(["mean", "std", "count"]).dropna(
+                    subset=["mean"]).reset_index()
+                if gm.empty:
+                    continue
+                if method == "none":
+                    m, sd = gm["mean"].iloc[0], gm["std"].fillna(0).iloc[0]
+                    ax.axhline(m, color=method_color(method), ls="--", lw=1.1, label=method_name(method))
+                    ax.axhspan(m - sd, m + sd, color=method_color(method), alpha=0.08, lw=0)
+                    continue
+                ax.errorbar(100 * gm["budget"], gm["mean"], yerr=gm["std"].fillna(0), marker=method_marker(method),
+                            ms=4, lw=1.3, capsize=2, alpha=0.9, color=method_color(method),
+                            label=method_name(method))
+            ax.set_ylim(-3, 103)
+            ax.set_xlim(0, 55 if g["budget"][g["method"] != "none"].max() <= 0.5 else 105)
+            ax.grid(alpha=0.3)
+            ax.set_title(("overall" if col == "accuracy" else col.split("/", 1)[1]) +
+                         (f"\n{model_name(model)}" if col == "accuracy" and len(models) > 1 else ""),
+                         fontsize=9)
+            ax.set_xlabel("budget (% of visual tokens)", fontsize=8)
+            if col == "accuracy":
+                ax.set_ylabel("accuracy (%)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    n_seeds = int(ok.groupby(["model", "method", "budget"])["seed"].nunique().max())
+    fig.suptitle(f"{task_name(task)}: accuracy vs. budget per question type (mean ± std over {n_seeds} "
+                 f"seed{'s' if n_seeds > 1 else ''})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -1070,6 +1121,9 @@ def build_tables(runs: pd.DataFrame, *, models=None, methods=None, budgets=None,
     tables = {"main": main_table(ok, failed, bench, digits),
               "efficiency": efficiency_table(ok, failed, efficiency_task, digits),
               "synthetic": synthetic_table(ok, failed, digits)}
+    for task in SYNTHETIC[1:]:
+        if (ok["task"] == task).any() or (len(failed) and (failed["task"] == task).any()):
+            tables[task] = synthetic_table(ok, failed, digits, task)
     ok_frames = frames_rows(ok_all)
     fr = frames_table(ok_frames, standard(failed_all), efficiency_task, digits)
     if fr is not None:
@@ -1100,6 +1154,10 @@ def write_outputs(tables: dict[str, Table], plot_data: dict[str, pd.DataFrame], 
         for p in (plot_accuracy_vs_retention(plot_data["ok"], out / "accuracy_vs_retention.png", tasks),
                   plot_ttft_breakdown(plot_data["ok"], out / "ttft_breakdown.png", efficiency_task),
                   plot_latency_vs_frames(plot_data["frames"], out / "latency_vs_frames.png", efficiency_task)):
+            if p is not None:
+                written.append(p)
+        for task in SYNTHETIC:
+            p = plot_accuracy_by_type(plot_data["ok"], out / f"accuracy_by_type_{task}.png", task)
             if p is not None:
                 written.append(p)
     return written

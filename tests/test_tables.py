@@ -296,3 +296,34 @@ def test_repo_experiment_configs_round_trip():
             suffix = suffix.replace("${" + f + "}", v, 1)
         m = spec.regex.match(suffix)
         assert m and [m.group(f"f{i}") for i in range(len(values))] == values, (spec.name, suffix)
+
+
+def test_synthetic_pruning_table_and_per_type_plot(tmp_path):
+    """A second synthetic task gets its own table (mean ± std over 3 seeds per question type) and the per-type
+    accuracy-vs-budget plot."""
+    import json
+
+    def write(method, budget, seed, acc, when):
+        key = f"tiny_llava_ov_trained__{method}__b{budget:g}__synthetic_pruning__s{seed}"
+        d = tmp_path / "runs" / key
+        d.mkdir(parents=True)
+        d.joinpath("record.json").write_text(json.dumps({
+            "run_key": key, "status": "ok", "model": "tiny_llava_ov_trained", "model_family": "llava_ov",
+            "method": method, "budget": budget, "task": "synthetic_pruning", "seed": seed, "num_frames": 16,
+            "date": "2026-11-24T00:00:00+00:00", "accuracy": acc, "accuracy/when": when,
+            "accuracy/background": 100.0, "retention": budget}))
+
+    for seed in range(3):
+        write("none", 1.0, seed, 96.0 + seed, 90.0 + 2 * seed)
+        for b in (0.1, 0.3):
+            write("tango", b, seed, 60.0 + 100 * b + seed, 50.0 + seed)
+    tables, data = T.build_tables(T.load_runs([tmp_path], []), experiments_dir=None)
+    t = tables["synthetic_pruning"]
+    row = _row(t, "Tango", "10%", model="tiny LLaVA-OV (trained on the synthetic task)")
+    assert (row["Accuracy"], row["when"], row["background"]) == ("71.0 ± 1.0", "51.0 ± 1.0", "100.0 ± 0.0")
+    out = T.write_outputs(tables, data, tmp_path / "out")
+    png = tmp_path / "out" / "accuracy_by_type_synthetic_pruning.png"
+    assert png in out and png.stat().st_size > 10_000
+    import matplotlib.image as mpimg
+
+    assert float(mpimg.imread(png)[..., :3].std()) > 0.02
