@@ -2,6 +2,7 @@
 """Train the tiny LLaVA-OneVision on the synthetic video task (offline, CPU), deterministically from a seed.
 
     python scripts/train_tiny.py                                  # the shipped run -> checkpoints/tiny_llava_ov_trained
+                                                                  # (2400 steps of 16, ~45 min on 2 CPU cores)
     python scripts/train_tiny.py --smoke --out /tmp/tiny_smoke    # a few steps in seconds (CI)
     python scripts/train_tiny.py --eval-only --out checkpoints/tiny_llava_ov_trained --eval-seed 1234
     TANGO_RESULTS=results/tiny_trained python scripts/train_tiny.py --sweep --seeds 0 1 2   # accuracy vs budget
@@ -43,19 +44,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vision-hidden", type=int, default=d.vision_hidden)
     p.add_argument("--text-layers", type=int, default=d.text_layers)
     p.add_argument("--vision-layers", type=int, default=d.vision_layers)
+    p.add_argument("--aux-weight", type=float, default=d.aux_weight,
+                   help="weight of the auxiliary token-colour / frame-index losses (0: answer loss only)")
+    p.add_argument("--aux-frame-layer", type=int, default=d.aux_frame_layer)
+    p.add_argument("--drop-prob", type=float, default=d.drop_prob,
+                   help="fraction of training videos shown with a random subset of their visual tokens")
+    p.add_argument("--drop-keep", type=float, nargs=2, default=list(d.drop_keep), metavar=("LOW", "HIGH"),
+                   help="kept fraction of such a video, uniform in [LOW, HIGH]")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--smoke", action="store_true", help="3 steps of batch 2, 9 held-out docs (seconds)")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the checkpoint in --out on --eval-docs held-out docs of --eval-seed and exit")
     p.add_argument("--sweep", action="store_true",
-                   help="run the accuracy-vs-budget sweep (none + methods x budgets x seeds) through the runner on the "
-                        "pruning question types, in this process; results under $TANGO_RESULTS")
+                   help="run the accuracy-vs-budget sweep (none + methods x budgets x seeds) through the runner on "
+                        "task=synthetic_pruning with model=tiny_llava_ov_trained, in this process; results under "
+                        "$TANGO_RESULTS (default results/tiny_trained)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="sweep: evaluation seeds")
     p.add_argument("--methods", nargs="+", default=None, help="sweep: methods (default tango fastv visionzip dycoke)")
     p.add_argument("--budgets", nargs="+", type=float, default=None, help="sweep: budgets (default .05 .1 .2 .3 .5)")
-    p.add_argument("--num-videos", type=int, default=80, help="sweep: videos per evaluation seed")
-    p.add_argument("--sweep-types", nargs="+", default=None,
-                   help="sweep: question types of the evaluation task (default: the pruning types)")
+    p.add_argument("--num-videos", type=int, default=100, help="sweep: videos per evaluation seed")
     p.add_argument("--sweep-extra", nargs="*", default=[], help="sweep: extra Hydra overrides for every cell")
     return p.parse_args(argv)
 
@@ -66,21 +73,22 @@ def main(argv=None) -> int:
                       question_types=tuple(a.question_types), eval_seed=a.eval_seed, eval_docs=a.eval_docs,
                       eval_every=a.eval_every, log_every=a.log_every, threads=a.threads, text_hidden=a.text_hidden,
                       vision_hidden=a.vision_hidden, text_layers=a.text_layers, vision_layers=a.vision_layers,
-                      progress=not a.no_progress)
+                      aux_weight=a.aux_weight, aux_frame_layer=a.aux_frame_layer, drop_prob=a.drop_prob,
+                      drop_keep=tuple(a.drop_keep), progress=not a.no_progress)
+    cfg.extra["command"] = " ".join(["python scripts/train_tiny.py", *(argv if argv is not None else sys.argv[1:])])
     if a.smoke:
         cfg.steps, cfg.batch_size, cfg.warmup, cfg.eval_docs, cfg.eval_every, cfg.log_every = 3, 2, 1, 9, 3, 1
     if a.sweep:
         import os
 
         os.environ.setdefault("TANGO_RESULTS", str(Path(__file__).resolve().parents[1] / "results" / "tiny_trained"))
-        from tango.data.synthetic import PRUNING_QUESTION_TYPES as PRUNING_TYPES
         from tango.train import SWEEP_BUDGETS, SWEEP_METHODS, run_cell, sweep_cells
 
         cells = sweep_cells(seeds=a.seeds, methods=a.methods or SWEEP_METHODS, budgets=a.budgets or SWEEP_BUDGETS,
                             num_videos=a.num_videos, extra=a.sweep_extra)
         for i, overrides in enumerate(cells):
             print(f"[sweep {i + 1}/{len(cells)}] " + " ".join(overrides), flush=True)
-            run_cell(overrides, question_types=a.sweep_types or PRUNING_TYPES)
+            run_cell(overrides)
         return 0
     if a.eval_only:
         import torch

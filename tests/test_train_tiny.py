@@ -65,6 +65,74 @@ def test_training_inputs_match_the_harness(model_and_proc, tiny_llava_dir):
 
 
 @pytest.mark.tiny
+def test_token_colour_labels_and_aux_heads(model_and_proc):
+    """The auxiliary colour targets mark exactly the pooled tokens the objects cover (checked against the
+    rendered pixels), frame-major like the video tokens; the heads read the video positions of the sequence."""
+    from tango.train import AuxHeads, Encoder, pruned_forward
+
+    model, proc = model_and_proc
+    enc = Encoder(proc, num_frames=16, video_frames=32, size=112)
+    assert enc.grid == 4
+    docs = S.make_docs(5, question_types=list(S.PRUNING_QUESTION_TYPES), seed=2, split="train")
+    for d in docs:
+        lab = enc.token_colors(d).view(16, 4, 4)
+        frames = S.render_video(d["background"], d["objects"], 112, 32, enc.indices).astype(np.int16)
+        sat = (frames.max(-1) - frames.min(-1)) > 70  # object pixels (backgrounds are greys)
+        covered = sat.reshape(16, 4, 28, 4, 28).sum(axis=(2, 4))  # [T, 4, 4] object pixels per token
+        assert torch.equal(lab > 0, torch.from_numpy(covered >= 40))
+        names = list(S.COLORS)
+        for t, i, j in (lab > 0).nonzero().tolist():
+            assert names[int(lab[t, i, j]) - 1] in {o["color"] for o in d["objects"]}
+    batch = enc.batch(docs, labels=True)
+    assert batch["token_colors"].shape == (5, 256)
+    aux = AuxHeads(model.config.text_config.hidden_size, len(S.COLORS), 16, frame_layer=2)
+    keep = [None, torch.tensor([0, 17, 255]), None, torch.arange(0, 256, 5), None]
+    with torch.no_grad():
+        _, _, hs, spans = pruned_forward(model.eval(), batch, keep, enc.video_id, hidden=True)
+        l_color, l_frame, _ = aux(hs, spans, keep, batch["token_colors"])
+    assert [len(p) for p in spans] == [256, 3, 256, 52, 256]
+    assert np.isfinite(float(l_color)) and abs(float(l_frame) - np.log(16)) < 1.0  # untrained: about uniform
+
+
+@pytest.mark.tiny
+def test_pruned_forward_is_the_harness_layout(model_and_proc):
+    """Training on a token subset = the sequence the harness builds for a pre-LLM method that keeps that subset
+    (kept tokens, newline, re-indexed positions), row by row despite the padding; all tokens = ``answer_logits``."""
+    from tango.models.llava_ov import _resize_span
+    from tango.train import Encoder, TrainConfig, answer_logits, pruned_forward, random_keep
+
+    model, proc = model_and_proc
+    model.eval()
+    enc = Encoder(proc, num_frames=16, video_frames=32, size=112)
+    docs = S.make_docs(3, question_types=list(S.PRUNING_QUESTION_TYPES), seed=4, split="train")
+    batch = enc.batch(docs)
+    keep = [torch.tensor([0, 5, 17, 200]), None, torch.arange(0, 256, 3)]
+    with torch.no_grad():
+        la, le = answer_logits(model, batch)
+        la_all, le_all, _, _ = pruned_forward(model, batch, [None] * 3, enc.video_id)
+        assert torch.allclose(la, la_all, atol=1e-5) and torch.allclose(le, le_all, atol=1e-5)
+        la_k, le_k, _, spans = pruned_forward(model, batch, keep, enc.video_id)
+        for b, k in enumerate(keep):
+            n = int(batch["attention_mask"][b].sum())
+            ids = batch["input_ids"][b:b + 1, :n]
+            feats = model.model.get_video_features(pixel_values_videos=batch["pixel_values_videos"][b:b + 1]
+                                                   ).pooler_output[0]
+            visual = feats if k is None else torch.cat([feats[k], feats[256:]])
+            ids = _resize_span(ids, enc.video_id, visual.shape[0])
+            emb = model.get_input_embeddings()(ids)
+            emb[ids == enc.video_id] = visual
+            logits = model(inputs_embeds=emb).logits[0]
+            assert torch.allclose(logits[-2], la_k[b], atol=1e-4) and torch.allclose(logits[-1], le_k[b], atol=1e-4)
+            assert spans[b].tolist() == (ids[0] == enc.video_id).nonzero()[:-1, 0].tolist()
+    cfg = TrainConfig(drop_prob=0.5, drop_keep=(0.1, 0.2))
+    subsets = random_keep(200, 256, cfg, torch.Generator().manual_seed(0))
+    kept = [k for k in subsets if k is not None]
+    assert 70 < len(kept) < 130  # about half the videos
+    assert all(26 <= k.numel() <= 51 and torch.equal(k, k.sort().values) and k.unique().numel() == k.numel()
+               for k in kept)
+
+
+@pytest.mark.tiny
 def test_answer_logits_match_the_model_forward(model_and_proc):
     from tango.train import Encoder, answer_logits
 
@@ -92,7 +160,9 @@ def test_smoke_training_run(tmp_path):
     assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in log if r["event"] == "train")
     ev = [r for r in log if r["event"] == "eval"][-1]
-    assert ev["n"] == 9 and {f"acc/{t}" for t in S.QUESTION_TYPES} <= set(ev)
+    assert ev["n"] == 9 and {f"acc/{t}" for t in S.PRUNING_QUESTION_TYPES} <= set(ev)
+    assert all(np.isfinite(r["aux_color_loss"]) and np.isfinite(r["aux_frame_loss"])
+               for r in log if r["event"] == "train")
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["seed"] == 0
     from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration

@@ -42,7 +42,9 @@ __all__ = [
     "COLORS",
     "BRIGHTNESS_LEVELS",
     "DEFAULT_QUESTION_TYPES",
+    "COUNT_OPTIONS",
     "DIRECTIONS",
+    "EVENT_COLORS",
     "PRUNING_QUESTION_TYPES",
     "QUESTION_GROUPS",
     "QUESTION_TYPES",
@@ -67,7 +69,7 @@ __all__ = [
 
 GENERATOR = "tango.data.synthetic"
 # Bump when the rendering / question logic changes in a way that changes the output for the same parameters.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "task_template"
 TEMPLATE_FILES = ("task.yaml.tmpl", "utils.py")
@@ -222,12 +224,18 @@ def object_center(obj: dict[str, Any], t: int) -> tuple[float, float]:
     return obj["x0"] + a * (obj["x1"] - obj["x0"]), obj["y0"] + a * (obj["y1"] - obj["y0"])
 
 
-def render_video(background: dict[str, Any], objects: list[dict[str, Any]], size: int, num_frames: int) -> np.ndarray:
-    """Render a scene to ``(num_frames, size, size, 3)`` uint8 RGB (objects drawn in list order)."""
+def render_video(background: dict[str, Any], objects: list[dict[str, Any]], size: int, num_frames: int,
+                 frame_indices=None) -> np.ndarray:
+    """Render a scene to ``(num_frames, size, size, 3)`` uint8 RGB (objects drawn in list order); with
+    ``frame_indices`` only those frames (``render_video(...)[frame_indices]``, without drawing the others)."""
     bg = _render_background(background, size)
-    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    ts = range(num_frames) if frame_indices is None else [int(t) for t in frame_indices]
+    bad = [t for t in ts if not 0 <= t < num_frames]
+    if bad:
+        raise ValueError(f"frame_indices {bad} are outside [0, {num_frames - 1}]")
+    frames = np.empty((len(ts), size, size, 3), dtype=np.uint8)
     coords = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
-    for t in range(num_frames):
+    for i, t in enumerate(ts):
         frame = bg.copy()
         for obj in objects:
             if not obj["t_start"] <= t <= obj["t_end"]:
@@ -235,7 +243,7 @@ def render_video(background: dict[str, Any], objects: list[dict[str, Any]], size
             cx, cy = object_center(obj, t)
             mask = _shape_mask(obj["shape"], coords[None, :] - cx, coords[:, None] - cy, obj["radius"])
             frame[mask] = obj["rgb"]
-        frames[t] = frame
+        frames[i] = frame
     return frames
 
 
@@ -338,6 +346,10 @@ def _q_count(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Qu
 # global (control): the background, answerable from almost any token.
 
 WHEN_OPTIONS = ("beginning", "early middle", "late middle", "end")  # the four quarters of the clip, in order
+# The pruning types use one fixed option list each, in a fixed order (the answer index picks the option): what they
+# test is which visual tokens survive pruning, not matching free text against shuffled options.
+EVENT_COLORS = ("red", "green", "blue", "yellow")  # brief_color / order: the colours asked about, option order
+COUNT_OPTIONS = ("1", "2", "3", "4")  # count_events
 BRIGHTNESS_LEVELS = {"very dark": 45, "dark": 95, "bright": 150, "very bright": 205}  # grey level of each option
 
 
@@ -370,31 +382,30 @@ def _plain_grey(rng: np.random.Generator, level: int) -> dict[str, Any]:
 
 @register_question_type("brief_color")
 def _q_brief_color(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
-    """localized: one small shape visible in ``brief_window`` consecutive frames only; its colour."""
-    color = _choice(rng, list(COLORS))
-    options = _place_answer(rng, color, list(COLORS), answer_index)
+    """localized: one small shape visible in ``brief_window`` consecutive frames only; its colour. Options are
+    ``EVENT_COLORS`` in order."""
+    color = EVENT_COLORS[answer_index]
     t0 = int(rng.integers(0, spec.num_frames - brief_window(spec.num_frames) + 1))
     obj = _brief_object(rng, spec, color, _choice(rng, SHAPES), t0)
-    return Question("What is the color of the small shape that appears briefly in the video?", options,
+    return Question("What is the color of the small shape that appears briefly in the video?", list(EVENT_COLORS),
                     answer_index, _random_background(rng), [obj])
 
 
 @register_question_type("order")
 def _q_order(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
-    """temporal: two shapes of different colours, one visible only in the first half and one only in the second
-    (never together); which colour appears first. The later colour is always among the options."""
+    """temporal: two shapes of different colours (from ``EVENT_COLORS``, the options, in order), one visible only
+    in the first half and one only in the second (never together); which colour appears first."""
     n, w = spec.num_frames, brief_window(spec.num_frames)
-    first, second = [list(COLORS)[i] for i in rng.permutation(len(COLORS))[:2]]
-    others = [c for c in COLORS if c not in (first, second)]
-    distractors = [second] + [others[i] for i in rng.permutation(len(others))[:2]]
-    distractors = [distractors[i] for i in rng.permutation(3)]
-    options = distractors[:answer_index] + [first] + distractors[answer_index:]
+    first = EVENT_COLORS[answer_index]
+    others = [c for c in EVENT_COLORS if c != first]
+    second = others[int(rng.integers(len(others)))]
     half = n // 2
     t_a = int(rng.integers(0, max(half - w, 0) + 1))
     t_b = int(rng.integers(half, max(n - w, half) + 1))
     objs = [_brief_object(rng, spec, first, _choice(rng, SHAPES), t_a, 0.11, length=min(w, half - t_a)),
             _brief_object(rng, spec, second, _choice(rng, SHAPES), t_b, 0.11)]
-    return Question("Which color appears first in the video?", options, answer_index, _random_background(rng), objs)
+    return Question("Which color appears first in the video?", list(EVENT_COLORS), answer_index,
+                    _random_background(rng), objs)
 
 
 @register_question_type("when")
@@ -411,11 +422,9 @@ def _q_when(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Que
 
 @register_question_type("count_events")
 def _q_count_events(rng: np.random.Generator, spec: SceneSpec, answer_index: int) -> Question:
-    """counting over time: 1-5 shapes of distinct colours, each visible in its own ``brief_window`` of frames (the
-    windows never overlap, so at most one shape is on screen at a time); options 4 consecutive numbers."""
-    low = int(rng.integers(1, 3))
-    count = low + answer_index
-    options = [str(low + i) for i in range(len(LETTERS))]
+    """counting over time: 1-4 shapes of distinct colours, each visible in its own ``brief_window`` of frames (the
+    windows never overlap, so at most one shape is on screen at a time); options ``COUNT_OPTIONS`` in order."""
+    count = answer_index + 1
     n, w = spec.num_frames, brief_window(spec.num_frames)
     slot = max(n // 5, 1)  # 5 slots of n // 5 frames: one shape per chosen slot, visible min(w, slot) frames
     w = min(w, slot)
@@ -425,8 +434,8 @@ def _q_count_events(rng: np.random.Generator, spec: SceneSpec, answer_index: int
     for k, color in zip(slots, colors):
         t0 = min(int(k * slot + rng.integers(0, slot - w + 1)), n - 1)
         objs.append(_brief_object(rng, spec, color, _choice(rng, SHAPES), t0, 0.11, length=w))
-    return Question("How many different shapes appear one after another in the video?", options, answer_index,
-                    _random_background(rng), objs)
+    return Question("How many different shapes appear one after another in the video?", list(COUNT_OPTIONS),
+                    answer_index, _random_background(rng), objs)
 
 
 @register_question_type("background")

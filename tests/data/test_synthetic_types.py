@@ -116,6 +116,24 @@ def test_background_matches_pixels(docs):
 
 
 @pytest.mark.unit
+def test_pruning_types_have_fixed_option_lists(docs):
+    fixed = {"brief_color": list(S.EVENT_COLORS), "order": list(S.EVENT_COLORS), "when": list(WHEN_OPTIONS),
+             "count_events": list(S.COUNT_OPTIONS), "background": list(BRIGHTNESS_LEVELS)}
+    for d in docs:
+        assert d["options"] == fixed[d["question_type"]], d["question_type"]
+
+
+@pytest.mark.unit
+def test_rendering_a_subset_of_frames_equals_indexing_the_full_render(docs):
+    d = docs[1]
+    idx = [0, 3, 3, 17, 31]
+    full = render_video(d["background"], d["objects"], d["size"], d["num_frames"])
+    assert np.array_equal(render_video(d["background"], d["objects"], d["size"], d["num_frames"], idx), full[idx])
+    with pytest.raises(ValueError, match=r"frame_indices \[32\] are outside \[0, 31\]"):
+        render_video(d["background"], d["objects"], d["size"], d["num_frames"], [0, 32])
+
+
+@pytest.mark.unit
 def test_small_clips_are_valid():
     """Short clips (down to 2 frames) still give valid scenes: objects inside the clip, 4 distinct options."""
     for n in (2, 3, 5, 8, 16):
