@@ -41,6 +41,7 @@ class SyntheticConfig:
     size: int = 112                       # frame height = width, pixels
     fps: int = 8
     seed: int = 1234
+    question_types: Optional[List[str]] = None  # None: color, shape, count, direction (tango.data.synthetic)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class LoggerConfig:
 @dataclass
 class PathsConfig:
     root_dir: str = MISSING
+    repo_dir: str = "${tango_repo:}"      # this repository (shipped files, e.g. checkpoints/), wherever you run from
     results_dir: str = MISSING
     cache_dir: str = MISSING
 
@@ -136,6 +138,8 @@ def register() -> None:
         cs.store(group="schema/method", name=name, node=cls)
     if not OmegaConf.has_resolver("run_key"):
         OmegaConf.register_new_resolver("run_key", lambda *, _root_: run_key(_root_))
+    if not OmegaConf.has_resolver("tango_repo"):
+        OmegaConf.register_new_resolver("tango_repo", lambda: str(CONFIG_DIR.parent))
 
 
 register()

@@ -51,8 +51,10 @@ def test_compose_every_model_and_method(model, method):
 
 def test_default_is_the_embedded_run():
     cfg = load()
-    assert (cfg.model.name, cfg.method.name, cfg.task.name, cfg.budget) == ("tiny_llava_ov", "tango", "synthetic", 0.1)
-    assert cfg.model.tiny and cfg.task.synthetic is not None
+    assert (cfg.model.name, cfg.method.name, cfg.task.name, cfg.budget) == (
+        "tiny_llava_ov_trained", "tango", "synthetic_pruning", 0.1)
+    assert not cfg.model.tiny and cfg.task.synthetic is not None  # the shipped trained checkpoint
+    assert (Path(cfg.model.pretrained) / "config.json").is_file() and Path(cfg.model.pretrained).is_relative_to(ROOT)
     assert cfg.logger.csv.path.endswith("results.csv") and cfg.logger.wandb.mode in ("offline", "disabled", "online")
 
 
@@ -99,3 +101,15 @@ def test_cli_fails_fast_with_a_clear_message(args, message, run_env):
     assert message in proc.stderr + proc.stdout
     assert not (Path(run_env["TANGO_RESULTS"]) / "runs").exists() or not any(
         (Path(run_env["TANGO_RESULTS"]) / "runs").glob("*/record.json"))
+
+
+def test_trained_tiny_model_and_pruning_task():
+    cfg = load(["model=tiny_llava_ov_trained", "task=synthetic_pruning", "method=fastv", "budget=0.5"])
+    assert not cfg.model.tiny and cfg.model.pretrained.endswith("checkpoints/tiny_llava_ov_trained")
+    assert (cfg.method.layer, cfg.method.num_layers) == (1, 4)  # configs/model_method: its 4 decoder layers
+    assert list(cfg.task.synthetic.question_types) == ["brief_color", "order", "when", "count_events", "background"]
+    assert load(["model=tiny_llava_ov_trained", "method=dycoke"]).method.kv_layer == 1
+    assert load(["task=synthetic"]).task.synthetic.question_types is None  # the default four types
+    from tango.data.synthetic import QUESTION_TYPES
+
+    assert set(cfg.task.synthetic.question_types) <= set(QUESTION_TYPES)
