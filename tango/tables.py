@@ -947,35 +947,35 @@ def plot_accuracy_by_type(ok: pd.DataFrame, path: str | Path, task: str) -> Path
     if ok.empty or len(cols) < 2:
         return None
     plt = _plt()
-    models = [m for m in _order(ok["model"], MODEL_ORDER)]
-    ncol = len(cols)
-    fig, axes = plt.subplots(len(models), ncol, figsize=(3.0 * ncol, 2.9 * len(models)), squeeze=False)
-    for r, model in enumerate(models):
+    panels = [(m, c) for m in _order(ok["model"], MODEL_ORDER) for c in cols]
+    multi = ok["model"].nunique() > 1
+    ncol = min(3, len(cols))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (model, col) in zip(axes.flat, panels):
         g = ok[ok["model"] == model]
-        for ax, col in zip(axes[r], cols):
-            for method in _order(g["method"], METHOD_ORDER):
-                gm = g[g["method"] == method].groupby("budget")[col].agg(["mean", "std", "count"]).dropna(
-                    subset=["mean"]).reset_index()
-                if gm.empty:
-                    continue
-                if method == "none":
-                    m, sd = gm["mean"].iloc[0], gm["std"].fillna(0).iloc[0]
-                    ax.axhline(m, color=method_color(method), ls="--", lw=1.1, label=method_name(method))
-                    ax.axhspan(m - sd, m + sd, color=method_color(method), alpha=0.08, lw=0)
-                    continue
-                ax.errorbar(100 * gm["budget"], gm["mean"], yerr=gm["std"].fillna(0), marker=method_marker(method),
-                            ms=4, lw=1.3, capsize=2, alpha=0.9, color=method_color(method),
-                            label=method_name(method))
-            ax.set_ylim(-3, 103)
-            ax.set_xlim(0, 55 if g["budget"][g["method"] != "none"].max() <= 0.5 else 105)
-            ax.grid(alpha=0.3)
-            ax.set_title(("overall" if col == "accuracy" else col.split("/", 1)[1]) +
-                         (f"\n{model_name(model)}" if col == "accuracy" and len(models) > 1 else ""),
-                         fontsize=9)
-            ax.set_xlabel("budget (% of visual tokens)", fontsize=8)
-            if col == "accuracy":
-                ax.set_ylabel("accuracy (%)", fontsize=8)
-    axes[0][0].legend(fontsize=7, loc="lower right")
+        for method in _order(g["method"], METHOD_ORDER):
+            gm = g[g["method"] == method].groupby("budget")[col].agg(["mean", "std"]).dropna(
+                subset=["mean"]).reset_index()
+            if gm.empty:
+                continue
+            if method == "none":
+                m, sd = gm["mean"].iloc[0], gm["std"].fillna(0).iloc[0]
+                ax.axhline(m, color=method_color(method), ls="--", lw=1.1, label=method_name(method))
+                ax.axhspan(m - sd, m + sd, color=method_color(method), alpha=0.08, lw=0)
+                continue
+            ax.errorbar(100 * gm["budget"], gm["mean"], yerr=gm["std"].fillna(0), marker=method_marker(method),
+                        ms=4, lw=1.3, capsize=2, alpha=0.9, color=method_color(method), label=method_name(method))
+        ax.set_ylim(-3, 103)
+        ax.set_xlim(0, 55 if g["budget"][g["method"] != "none"].max() <= 0.5 else 105)
+        ax.grid(alpha=0.3)
+        name = "overall" if col == "accuracy" else col.split("/", 1)[1]
+        ax.set_title(f"{model_name(model)}: {name}" if multi else name, fontsize=9)
+        ax.set_xlabel("budget (% of visual tokens)", fontsize=8)
+        ax.set_ylabel("accuracy (%)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower left")
     n_seeds = int(ok.groupby(["model", "method", "budget"])["seed"].nunique().max())
     fig.suptitle(f"{task_name(task)}: accuracy vs. budget per question type (mean ± std over {n_seeds} "
                  f"seed{'s' if n_seeds > 1 else ''})", fontsize=10)
