@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 def test_every_method_runs_end_to_end(method, tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("TANGO_RESULTS", str(tmp_path))
     monkeypatch.setenv("TANGO_CACHE", str(cache_dir))
-    cfg = compose([f"method={method}", "budget=0.25", "task.synthetic.num_videos=4", "logger=[csv]"])
+    cfg = compose(["model=tiny_llava_ov", "task=synthetic", f"method={method}", "budget=0.25",
+                   "task.synthetic.num_videos=4", "logger=[csv]"])
     accuracy = run(cfg)
     run_dir = tmp_path / "runs" / cfg.run_key
     record = json.loads((run_dir / "record.json").read_text())

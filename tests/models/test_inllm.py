@@ -110,7 +110,7 @@ def test_fastv_through_the_adapter_keeps_the_layer_averaged_budget(tiny_llava_di
     adapter = load_adapter("llava_ov", pretrained=str(tiny_llava_dir), device=torch.device("cpu"), dtype="float32")
     frames = np.random.RandomState(1).randint(0, 255, (16, 112, 112, 3), dtype=np.uint8)
     clip = Clip(frames, np.arange(16), np.arange(16) / 8.0, 8.0, 16)
-    method = OmegaConf.to_object(compose(["method=fastv", "budget=0.1"]).method)
+    method = OmegaConf.to_object(compose(["model=tiny_llava_ov", "method=fastv", "budget=0.1"]).method)
     n = adapter.model.config.text_config.num_hidden_layers
     assert (method.layer, method.num_layers) == (1, n)  # configs/model_method/tiny_llava_ov_fastv.yaml
     gen = adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.1, max_new_tokens=2)
@@ -185,7 +185,7 @@ def test_dycoke_through_the_adapter_runs_both_stages(tiny_llava_dir):
     adapter = load_adapter("llava_ov", pretrained=str(tiny_llava_dir), device=torch.device("cpu"), dtype="float32")
     frames = np.random.RandomState(3).randint(0, 255, (16, 112, 112, 3), dtype=np.uint8)
     clip = Clip(frames, np.arange(16), np.arange(16) / 8.0, 8.0, 16)
-    method = OmegaConf.to_object(compose(["method=dycoke", "budget=0.5"]).method)
+    method = OmegaConf.to_object(compose(["model=tiny_llava_ov", "method=dycoke", "budget=0.5"]).method)
     gen = adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.5, max_new_tokens=4)
     assert gen.stats["tokens_out"] < 256 and gen.stats["method/regime"] in ("ttm", "ttm_cap")
     assert gen.stats["kv_steps"] == gen.stats["new_tokens"] - 1 and gen.stats["kv_pruned_steps"] >= 1
