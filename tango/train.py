@@ -427,7 +427,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if use_aux:
             l_color, l_frame, color_acc = aux(hs, spans, keep, batch["token_colors"])
             loss = loss + cfg.aux_weight * (l_color + l_frame)
-            run_aux += [float(l_color), float(l_frame), float(color_acc)]
+            run_aux += [float(l_color.detach()), float(l_frame.detach()), float(color_acc)]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
@@ -482,8 +482,9 @@ question types {', '.join(cfg['question_types'])}). **A sanity signal for prunin
 real benchmarks.**
 
 Produced by `{cmd}` (seed {summary['seed']}, {summary['steps']} steps of batch {summary['batch_size']}, lr
-{cfg['lr']}, auxiliary loss weight {cfg['aux_weight']}; torch {summary['torch']}, {summary['threads']} CPU threads,
-{summary['wall_s'] / 60:.1f} min). Training log: `train_log.jsonl`; summary: `train_summary.json`.
+{cfg['lr']}, auxiliary loss weight {cfg['aux_weight']}, token dropout on {cfg['drop_prob']:.0%} of the videos keeping
+{cfg['drop_keep'][0]:.0%}-{cfg['drop_keep'][1]:.0%} of their tokens; torch {summary['torch']}, {summary['threads']} CPU
+threads, {summary['wall_s'] / 60:.1f} min). Training log: `train_log.jsonl`; summary: `train_summary.json`.
 
 Held-out accuracy (first answer token, full tokens, {ev['n']} docs of the test split, seed
 {summary['heldout_eval_seed']}): **{ev['acc']:.1f} %** overall.
