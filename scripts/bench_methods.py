@@ -21,6 +21,7 @@ Examples::
     python scripts/bench_methods.py --frames 32 64 --dtypes float32 --repeats 5 --devices cpu
     python scripts/bench_methods.py --methods visionzip dycoke --budgets 0.1 0.25 --devices cuda
     python scripts/bench_methods.py --methods tango --frames 32 --append      # add rows to the existing CSV
+    python scripts/bench_methods.py --methods tango --budgets 0.1 --scene one_segment   # Tango's memory worst case
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from tango.methods import METHODS  # noqa: E402
 
-FIELDS = ["date", "device", "device_name", "torch", "threads", "dtype", "frames", "tokens_per_frame", "dim",
+FIELDS = ["date", "device", "device_name", "torch", "threads", "scene", "dtype", "frames", "tokens_per_frame", "dim",
           "method", "budget", "median_ms", "p90_ms", "repeats", "tokens_in", "tokens_out", "load_avg_1m",
           "peak_extra_mib"]
 
@@ -110,10 +111,17 @@ def p90(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
 
 
-def make_inputs(frames: int, grid: tuple[int, int], dim: int, metric_dim: int, dtype, device, seed: int = 0):
+def make_inputs(frames: int, grid: tuple[int, int], dim: int, metric_dim: int, dtype, device, seed: int = 0,
+                scene: str = "random"):
+    """``scene="random"``: independent frames (every frame its own segment). ``"one_segment"``: one shared frame +
+    0.6x noise per frame (consecutive cosines ~0.74: one Tango segment at budget <= 0.1, no static position), so
+    Tango clusters the whole video at once: the memory worst case."""
     g = torch.Generator().manual_seed(seed)
     length = grid[0] * grid[1]
-    x = torch.randn(frames, length, dim, generator=g).to(device=device, dtype=dtype)
+    x = torch.randn(frames, length, dim, generator=g)
+    if scene == "one_segment":
+        x = torch.randn(1, length, dim, generator=g) + 0.6 * x
+    x = x.to(device=device, dtype=dtype)
     attn = torch.rand(frames, length, generator=g)
     attn = (attn / attn.sum(1, keepdim=True)).to(device)
     timestamps = (torch.arange(frames, dtype=torch.float32) * 2.0).to(device)
@@ -127,6 +135,8 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25])
+    p.add_argument("--scene", choices=["random", "one_segment"], default="random",
+                   help="random frames, or one segment without static tokens (Tango's memory worst case)")
     p.add_argument("--methods", nargs="+", default=None, help="subset of tango.methods.METHODS (default: all)")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     p.add_argument("--dim", type=int, default=3584)
@@ -163,7 +173,8 @@ def main(argv=None) -> Path:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for frames in args.frames:
-                x, attn, timestamps, metric = make_inputs(frames, grid, args.dim, args.metric_dim, dtype, device)
+                x, attn, timestamps, metric = make_inputs(frames, grid, args.dim, args.metric_dim, dtype, device,
+                                                          scene=args.scene)
                 for name in names:
                     if name in skipped:
                         continue
@@ -182,7 +193,7 @@ def main(argv=None) -> Path:
                             continue
                         times = time_ms(call, device, args.warmup, args.repeats)
                         row = dict(date=date, device=device, device_name=device_name(device), torch=torch.__version__,
-                                   threads=torch.get_num_threads(), dtype=dtype_name, frames=frames,
+                                   threads=torch.get_num_threads(), scene=args.scene, dtype=dtype_name, frames=frames,
                                    tokens_per_frame=grid[0] * grid[1], dim=args.dim, method=name, budget=budget,
                                    median_ms=round(statistics.median(times), 4), p90_ms=round(p90(times), 4),
                                    repeats=len(times), tokens_in=sel.stats.get("tokens_in"),
