@@ -212,19 +212,15 @@ def download(key: str, data_root: Path, workers: int = 8, delete_archives: bool 
     b = BENCHMARKS[key]
     print(f"[prepare_data] {key}: {b.hub_repo}@{b.hub_revision} -> {data_root}", flush=True)
     snap = _snapshot(b.hub_repo, b.hub_revision, data_root, DOWNLOAD_PATTERNS[key], workers)
-    if key == "videomme":
-        dest = data_root / "videomme"
-        zips = sorted(snap.glob("videos_chunked_*.zip"))
+    zipped = {"videomme": ("videomme", "videos_chunked_*.zip", "videomme/test-*.parquet"),
+              "mlvu_dev": ("mlvu", "*.zip", "mlvu/test-*.parquet")}
+    if key in zipped:
+        folder, pattern, annotations = zipped[key]
+        dest = data_root / folder
+        zips = sorted(snap.glob(pattern))
         for z in zips:
             print(f"  extracting {z.name}: {extract_zip(z, dest)} new files", flush=True)
-        _copy_annotations(snap, "videomme/test-*.parquet", dest)
-        _maybe_delete(zips, delete_archives)
-    elif key == "mlvu_dev":
-        dest = data_root / "mlvu"
-        zips = sorted(snap.glob("*.zip"))
-        for z in zips:
-            print(f"  extracting {z.name}: {extract_zip(z, dest)} new files", flush=True)
-        _copy_annotations(snap, "mlvu/test-*.parquet", dest)
+        _copy_annotations(snap, annotations, dest)
         _maybe_delete(zips, delete_archives)
     elif key == "longvideobench_val_v":
         dest = data_root / "datasets" / "longvideobench"

@@ -897,6 +897,36 @@ def _plt():
     return plt
 
 
+def _panel_grid(plt, n_panels: int, ncol: int, width: float, height: float):
+    """``(fig, axes)`` with ``n_panels`` panels in rows of ``ncol``; unused axes switched off."""
+    nrow = math.ceil(n_panels / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width * ncol, height * nrow), squeeze=False)
+    for ax in axes.flat[n_panels:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _method_lines(ax, g: pd.DataFrame, col: str, *, compact: bool = False) -> None:
+    """One line per method of ``g`` (rows of one panel): ``col`` vs. budget, mean with ± std over seeds as error
+    bars; the full-token model as a dashed horizontal line (``compact``: with its ± std band, smaller markers)."""
+    for method in _order(g["method"], METHOD_ORDER):
+        gm = g[g["method"] == method].groupby("budget")[col].agg(["mean", "std"]).dropna(subset=["mean"]).reset_index()
+        if gm.empty:
+            continue
+        color = method_color(method)
+        if method == "none":
+            m = gm["mean"].iloc[0]
+            ax.axhline(m, color=color, ls="--", lw=1.1 if compact else 1.2,
+                       label=method_name(method) if compact else f"{method_name(method)} (100%)")
+            if compact:
+                sd = gm["std"].fillna(0).iloc[0]
+                ax.axhspan(m - sd, m + sd, color=color, alpha=0.08, lw=0)
+            continue
+        ax.errorbar(100 * gm["budget"], gm["mean"], yerr=gm["std"].fillna(0), marker=method_marker(method),
+                    ms=4 if compact else 6, lw=1.3 if compact else 1.6, capsize=2 if compact else 3, alpha=0.9,
+                    color=color, label=method_name(method))
+
+
 def plot_accuracy_vs_retention(ok: pd.DataFrame, path: str | Path, tasks: Sequence[str] | None = None) -> Path | None:
     """One panel per (model, task) with runs: accuracy vs. retention, a line per method (± std over seeds); the
     full-token model as a dashed horizontal line."""
@@ -907,24 +937,10 @@ def plot_accuracy_vs_retention(ok: pd.DataFrame, path: str | Path, tasks: Sequen
     plt = _plt()
     panels = [(m, t) for m in _order(ok["model"], MODEL_ORDER) for t in tasks
               if ((ok["model"] == m) & (ok["task"] == t) & ok["accuracy"].notna()).any()]
-    ncol = min(4, len(panels))
-    nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
+    fig, axes = _panel_grid(plt, len(panels), min(4, len(panels)), 4.2, 3.4)
     for ax, (model, task) in zip(axes.flat, panels):
         g = ok[(ok["model"] == model) & (ok["task"] == task)]
-        for method in _order(g["method"], METHOD_ORDER):
-            gm = g[g["method"] == method].groupby("budget")["accuracy"].agg(["mean", "std"]).dropna(
-                subset=["mean"]).reset_index()
-            if gm.empty:
-                continue
-            if method == "none":
-                ax.axhline(gm["mean"].iloc[0], color=method_color(method), ls="--", lw=1.2,
-                           label=f"{method_name(method)} (100%)")
-                continue
-            ax.errorbar(100 * gm["budget"], gm["mean"], yerr=gm["std"].fillna(0), marker=method_marker(method),
-                        ms=6, lw=1.6, capsize=3, alpha=0.9, color=method_color(method), label=method_name(method))
+        _method_lines(ax, g, "accuracy")
         lo, hi = float(g["accuracy"].min()), float(g["accuracy"].max())
         pad = max(2.0, 0.15 * (hi - lo))
         ax.set_ylim(max(-1.0, lo - pad), min(101.0, hi + pad))  # markers at 0 % or 100 % stay visible
@@ -949,25 +965,10 @@ def plot_accuracy_by_type(ok: pd.DataFrame, path: str | Path, task: str) -> Path
     plt = _plt()
     panels = [(m, c) for m in _order(ok["model"], MODEL_ORDER) for c in cols]
     multi = ok["model"].nunique() > 1
-    ncol = min(3, len(cols))
-    nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
+    fig, axes = _panel_grid(plt, len(panels), min(3, len(cols)), 3.6, 3.0)
     for ax, (model, col) in zip(axes.flat, panels):
         g = ok[ok["model"] == model]
-        for method in _order(g["method"], METHOD_ORDER):
-            gm = g[g["method"] == method].groupby("budget")[col].agg(["mean", "std"]).dropna(
-                subset=["mean"]).reset_index()
-            if gm.empty:
-                continue
-            if method == "none":
-                m, sd = gm["mean"].iloc[0], gm["std"].fillna(0).iloc[0]
-                ax.axhline(m, color=method_color(method), ls="--", lw=1.1, label=method_name(method))
-                ax.axhspan(m - sd, m + sd, color=method_color(method), alpha=0.08, lw=0)
-                continue
-            ax.errorbar(100 * gm["budget"], gm["mean"], yerr=gm["std"].fillna(0), marker=method_marker(method),
-                        ms=4, lw=1.3, capsize=2, alpha=0.9, color=method_color(method), label=method_name(method))
+        _method_lines(ax, g, col, compact=True)
         ax.set_ylim(-3, 103)
         ax.set_xlim(0, 55 if g["budget"][g["method"] != "none"].max() <= 0.5 else 105)
         ax.grid(alpha=0.3)
