@@ -1,17 +1,38 @@
-# `make run` and `make test` create (or reuse) the environment themselves; see README.md.
+# `make run` and `make test` create (or reuse) the environment themselves, from the committed lock; see README.md.
+#
+#   make setup        .venv = exactly uv.lock (hash-checked; extraneous packages removed); run by run/test
+#   make lock         re-resolve uv.lock from pyproject.toml as of [tool.uv] exclude-newer (the deliberate upgrade)
+#   make test-latest  drift canary: a throwaway venv with the newest versions pyproject allows today, fast tiers
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-all clean-env
+# uv itself is pinned and hash-checked; it lives in its own small venv so the project venv holds exactly the lock.
+UV_VERSION := 0.13.8
+UV_SHA256_MANYLINUX := e18a57b8b352eb7c8feb317b9f6f533c8f0ad9673fd6cf34bbe3cf1a9f6a8984
+UV_SHA256_MUSL := 29451c60f5e8b07403e0a175d5229efc36b0289b34143ff4aaa499a5dd52553a
+UV_DIR := .uv
+UV := $(UV_DIR)/bin/uv
+UV_STAMP := $(UV_DIR)/installed-$(UV_VERSION)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# a run never reaches for a Python of uv's own: the interpreter is $(PYTHON), or an error
+export UV_PYTHON_DOWNLOADS := never
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -e ".[dev]"
+LATEST_VENV ?= /tmp/tango-latest-venv
+# the fast tiers: all but the slow tests and the real SLURM cluster; an unlocked venv cannot pass the lock-exactness test
+LATEST_PYTEST ?= -m "not slow and not slurm and not locked_env"
+
+.PHONY: setup run test test-all lock test-latest clean-env
+
+$(UV_STAMP):
+	rm -rf $(UV_DIR)
+	$(PYTHON) -m venv $(UV_DIR)
+	printf 'uv==$(UV_VERSION) --hash=sha256:$(UV_SHA256_MANYLINUX) --hash=sha256:$(UV_SHA256_MUSL)\n' > $(UV_DIR)/requirements.txt
+	$(UV_DIR)/bin/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r $(UV_DIR)/requirements.txt
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(UV_STAMP)
+	$(UV) sync --locked --python $(PYTHON)
 
 run: setup
 	$(PY) run.py
@@ -22,5 +43,17 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -m ""
 
+lock: $(UV_STAMP)
+	$(UV) lock --upgrade --python $(PYTHON)
+
+test-latest: $(UV_STAMP)
+	rm -rf $(LATEST_VENV)
+	$(UV) venv -q --python $(PYTHON) $(LATEST_VENV)
+	VIRTUAL_ENV=$(LATEST_VENV) $(UV) pip install --exclude-newer "$$(date -u +%Y-%m-%dT%H:%M:%SZ)" -e . --group dev
+	VIRTUAL_ENV=$(LATEST_VENV) $(UV) pip freeze > $(LATEST_VENV)/freeze.txt
+	@echo "[test-latest] versions that differ from uv.lock:"; \
+	  $(LATEST_VENV)/bin/python -m tango.environment --diff uv.lock || true
+	$(LATEST_VENV)/bin/python -m pytest $(LATEST_PYTEST)
+
 clean-env:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(UV_DIR)

@@ -44,10 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tango.methods import METHODS  # noqa: E402
+from tango.environment import lock_status  # noqa: E402
 
-FIELDS = ["date", "device", "device_name", "torch", "threads", "scene", "dtype", "frames", "tokens_per_frame", "dim",
-          "method", "budget", "median_ms", "p90_ms", "repeats", "tokens_in", "tokens_out", "load_avg_1m",
-          "peak_extra_mib"]
+FIELDS = ["date", "device", "device_name", "torch", "cuda", "lock_sha256", "env_matches_lock", "threads", "scene",
+          "dtype", "frames", "tokens_per_frame", "dim", "method", "budget", "median_ms", "p90_ms", "repeats", "tokens_in",
+          "tokens_out", "load_avg_1m", "peak_extra_mib"]
 
 
 def device_name(device: str) -> str:
@@ -164,6 +165,7 @@ def main(argv=None) -> Path:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; valid: {sorted(METHODS)}")
     grid = tuple(args.grid)
+    lock = lock_status()
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     skipped: dict[str, str] = {}
     paths = []
@@ -193,6 +195,8 @@ def main(argv=None) -> Path:
                             continue
                         times = time_ms(call, device, args.warmup, args.repeats)
                         row = dict(date=date, device=device, device_name=device_name(device), torch=torch.__version__,
+                                   cuda=lock["cuda"], lock_sha256=lock["lock_sha256"],
+                                   env_matches_lock=lock["env_matches_lock"],
                                    threads=torch.get_num_threads(), scene=args.scene, dtype=dtype_name, frames=frames,
                                    tokens_per_frame=grid[0] * grid[1], dim=args.dim, method=name, budget=budget,
                                    median_ms=round(statistics.median(times), 4), p90_ms=round(p90(times), 4),

@@ -34,7 +34,8 @@ FIELDS = [
     "ttft_ms", "ttft_p10_ms", "ttft_p90_ms", "vision_ms", "attn_source_ms_est", "pruning_ms", "llm_prefill_ms",
     "other_ms", "speedup_vs_none", "bound_ttft_ms", "frac_of_bound",
     "tflops_vision", "tflops_projector", "tflops_llm", "tflops_prefill", "achieved_tflop_s", "peak_mem_gib",
-    "warmup", "repeats", "device", "device_name", "driver", "cuda", "torch", "transformers", "dtype",
+    "warmup", "repeats", "device", "device_name", "driver", "cuda", "torch", "transformers", "lmms_eval",
+    "lock_sha256", "env_matches_lock", "dtype",
     "attn_implementation", "sdpa_backends", "threads", "status", "note",
 ]
 
@@ -176,6 +177,8 @@ def environment(device: torch.device, dtype: torch.dtype, attn_implementation: s
 
     import transformers
 
+    from tango.environment import lock_status
+
     env = {"device": device.type, "torch": torch.__version__, "transformers": transformers.__version__,
            "dtype": str(dtype).replace("torch.", ""), "attn_implementation": attn_implementation,
            "threads": torch.get_num_threads(), "cuda": torch.version.cuda or "", "driver": ""}
@@ -199,6 +202,8 @@ def environment(device: torch.device, dtype: torch.dtype, attn_implementation: s
         except OSError:
             pass
         env["device_name"], env["sdpa_backends"] = name, "cpu"
+    lock = lock_status()
+    env.update(lmms_eval=lock["lmms_eval"], lock_sha256=lock["lock_sha256"], env_matches_lock=lock["env_matches_lock"])
     return env
 
 

@@ -18,7 +18,6 @@ import sys
 import time
 import traceback
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from tango.environment import lock_status
 from tango.loggers import CsvSink, build_sinks
 from tango.methods.base import check_budget
 from tango.records import CONFIG, FAILED, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
@@ -223,8 +223,7 @@ def _versions(root: str) -> dict:
             return ""
         return p.stdout.strip() if p.returncode == 0 else ""
     return {"git_sha": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain", "-uno")),
-            "torch": torch.__version__, "transformers": version("transformers"), "lmms_eval": version("lmms_eval"),
-            "python": platform.python_version()}
+            **lock_status()}
 
 
 def _seed_everything(seed: int) -> None:

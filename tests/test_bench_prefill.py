@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tango import bench
+from tango.environment import lock_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +87,7 @@ def test_smoke_run_writes_a_sane_csv(tmp_path, cache_dir):
     f = lambda r, k: float(r[k])
     for r in ok:
         assert r["device"] == "cpu" and r["torch"] == torch.__version__ and r["transformers"] and r["dtype"]
+        assert r["lock_sha256"] == lock_status()["lock_sha256"] and r["lmms_eval"] == "0.7.3"
         assert r["attn_implementation"] == "sdpa" and r["repeats"] == "3" and r["warmup"] == "1"
         parts = f(r, "vision_ms") + f(r, "pruning_ms") + f(r, "llm_prefill_ms")
         assert f(r, "other_ms") >= -1e-6            # per request, TTFT contains the three spans

@@ -1,12 +1,15 @@
 """`python run.py` end to end on the embedded default: record, samples, CSV row, W&B offline run; resume; failure."""
 
+import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
+from tango.environment import lock_diff
 from wandb_offline import find_offline_run, read_run
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +36,10 @@ def test_default_run_writes_record_csv_and_wandb(run_env):
     assert record["retention_input"] == pytest.approx(record["visual_tokens_out"] / record["visual_tokens_in"])
     assert record["retention"] == pytest.approx(sum(s["tokens_layer_avg"] for s in samples) / (8 * 256))
     assert record["ttft_ms"] > 0 and record["transformers"] == "5.23.0"
+    # the environment a number came from: the lock's hash, whether .venv is exactly it, and the versions that matter
+    assert record["lock_sha256"] == hashlib.sha256((ROOT / "uv.lock").read_bytes()).hexdigest()
+    assert record["env_matches_lock"] is (not lock_diff()) and record["lmms_eval"] == "0.7.3"
+    assert record["torch"] == torch.__version__ and record["cuda"] == torch.version.cuda
     assert {s["question_type"] for s in samples} == {"brief_color", "order", "when", "count_events", "background"}
     assert (run_dir / "config.yaml").exists()
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tango.environment import lock_status
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_methods.py"
 
 
@@ -24,5 +26,6 @@ def test_bench_smoke_writes_csv(tmp_path, capsys):
     assert {r["dtype"] for r in rows} == {"bfloat16", "float32"} and len(rows) == 6
     for r in rows:
         assert r.keys() == set(bench.FIELDS) and float(r["median_ms"]) <= float(r["p90_ms"])
+        assert r["lock_sha256"] == (lock_status()["lock_sha256"] or "") and r["env_matches_lock"] != ""
         assert int(r["tokens_in"]) == 4 * 16 and int(r["tokens_out"]) <= int(r["tokens_in"])
     assert "wrote 6 rows" in capsys.readouterr().out
