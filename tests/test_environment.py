@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from tango import environment
 
@@ -113,6 +114,7 @@ def test_lock_covers_the_declared_pythons_and_platform():
     versions = {p["name"]: p["version"] for p in lock["package"]}
     assert versions["filelock"].split(".")[0] == "3"  # lmms-eval 0.7.3 imports filelock._api (gone in 4)
     assert versions["transformers"] == "5.23.0" and versions["lmms-eval"] == "0.7.3" and versions["wandb"] == "0.25.0"
+    assert not [n for n, v in versions.items() if Version(v).is_prerelease], "the lock holds stable releases only"
     unhashed = [f"{p['name']}=={p['version']}" for p in lock["package"]
                 if "editable" not in p["source"] and not all("hash" in f for f in p.get("wheels", []) + [p.get("sdist", {"hash": 1})])]
     assert not unhashed, f"lock entries without a hash: {unhashed}"
