@@ -7,6 +7,9 @@ compose time. Method schemas are the method dataclasses themselves (``tango.meth
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -105,6 +108,83 @@ def run_key(cfg: Any) -> str:
     budget = 1.0 if cfg.method.name == "none" else float(cfg.budget)
     key = f"{cfg.model.name}__{cfg.method.name}__b{budget:g}__{cfg.task.name}__s{cfg.seed}"
     return key + (f"__limit{cfg.limit}" if cfg.limit is not None else "")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot run; the message names the value and the valid ones (run.py prints it
+    as one line, without a traceback, unless HYDRA_FULL_ERROR=1)."""
+
+
+DTYPES = ("bfloat16", "float16", "float32")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+
+
+def validate(cfg: Any) -> None:
+    """Check every value that compose-time typing cannot: ranges, choices, feasibility. Runs before anything loads."""
+    from tango.methods.base import check_budget
+    from tango.models.base import ADAPTERS, PLANNED
+    from tango.video import BACKENDS
+
+    def choice(key: str, value, valid) -> None:
+        if value not in valid:
+            raise ConfigError(f"{key}={value!r} is not one of the valid values {list(valid)}")
+
+    def at_least(key: str, value, low, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        if value is None or value < low:
+            raise ConfigError(f"{key}={value!r} must be >= {low}" + (" (or null)" if optional else ""))
+
+    try:
+        check_budget(cfg.budget)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    m = cfg.model
+    choice("model.family", m.family, [*ADAPTERS, *PLANNED])
+    at_least("model.num_frames", m.num_frames, 1)
+    if m.fps is not None and not m.fps > 0:
+        raise ConfigError(f"model.fps={m.fps!r} must be > 0 (or null: {m.num_frames} uniform frames)")
+    choice("model.dtype", m.dtype, DTYPES)
+    choice("model.attn_implementation", m.attn_implementation, ATTN_IMPLEMENTATIONS)
+    choice("model.video_backend", m.video_backend, BACKENDS)
+    at_least("model.max_new_tokens", m.max_new_tokens, 1)
+    at_least("limit", cfg.limit, 1, optional=True)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
+        raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if not cfg.task.metric_scale > 0:
+        raise ConfigError(f"task.metric_scale={cfg.task.metric_scale!r} must be > 0")
+    syn = cfg.task.synthetic
+    if syn is not None:
+        for key in ("num_videos", "num_frames", "fps"):
+            at_least(f"task.synthetic.{key}", syn[key], 1)
+        at_least("task.synthetic.size", syn.size, 16)
+
+
+# Keys that cannot change a result: where it is written, how it is logged, and how the call behaves.
+NON_RESULT_KEYS = ("paths", "logger", "force", "dry_run", "fail_fast", "run_key")
+
+
+def identity(cfg: Any) -> dict:
+    """Everything in the resolved config that can change a result (the cell's identity beyond its run key)."""
+    container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in container.items() if k not in NON_RESULT_KEYS and k != "hydra"}
+
+
+def config_hash(cfg: Any) -> str:
+    """16 hex digits of the sha256 of ``identity(cfg)``: equal iff every result-relevant setting is equal."""
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two identities."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b, key = old.get(k, "<unset>"), new.get(k, "<unset>"), f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += identity_diff(a, b, key + ".")
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from tango.records import to_jsonable, upsert_csv
@@ -13,7 +14,7 @@ class CsvSink:
         self.path = path
 
     def log(self, record: dict, samples: list[dict], config: dict, run_dir: Path) -> None:
-        upsert_csv(self.path, record)
+        upsert_csv(self.path, record, rebuild_from=Path(run_dir).parent.parent)  # <results>/runs/<key>
 
 
 class WandbSink:
@@ -34,6 +35,10 @@ class WandbSink:
             return
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
+
+        # This sink owns <run_dir>/wandb: a run that logs again (force=true, or a retry after an interrupted
+        # attempt) replaces the earlier offline run instead of leaving a second, possibly incomplete one beside it.
+        shutil.rmtree(Path(run_dir) / "wandb", ignore_errors=True)
 
         run = wandb.init(project=self.project, entity=self.entity, name=record["run_key"], config=config,
                          dir=str(run_dir), mode=self.mode, tags=self.tags, reinit="finish_previous")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,15 +72,30 @@ def summarize(values: list, prefix: str, warmup: int = 0) -> dict:
     return {prefix: float(np.median(arr)), f"{prefix}_p90": float(np.percentile(arr, 90))}
 
 
-def upsert_csv(csv_path: str | Path, row: dict, key: str = "run_key") -> None:
-    """Insert ``row`` into the CSV, replacing any row with the same key; columns are the union of all rows."""
+def upsert_csv(csv_path: str | Path, row: dict, key: str = "run_key", rebuild_from: str | Path | None = None) -> None:
+    """Insert ``row`` into the CSV, replacing any row with the same key; columns are the union of all rows.
+
+    A CSV that cannot be read (truncated, not a CSV, no ``key`` column) is moved aside to ``<name>.corrupt-<time>``,
+    named on stderr, and rebuilt from the records under ``rebuild_from`` (a results folder) before the upsert."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(csv_path) + ".lock"):
         new = pd.DataFrame([to_jsonable(row)])
         if csv_path.exists() and csv_path.stat().st_size > 0:
-            old = pd.read_csv(csv_path)
-            old = old[old[key] != row[key]]
+            try:
+                old = pd.read_csv(csv_path)
+                old = old[old[key] != row[key]]
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, KeyError) as e:
+                aside = csv_path.with_name(f"{csv_path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(csv_path, aside)
+                if rebuild_from is None:
+                    raise ValueError(f"{csv_path} is not a readable results table ({type(e).__name__}: {e}); "
+                                     f"moved to {aside}") from e
+                old = _records_frame(rebuild_from)
+                old = old[old[key] != row[key]] if len(old) else old
+                print(f"[tango] {csv_path} was not a readable results table ({type(e).__name__}: {e}); moved it to "
+                      f"{aside} and rebuilt it from the {len(old)} other records under {rebuild_from}",
+                      file=sys.stderr, flush=True)
             new = pd.concat([old, new], ignore_index=True) if len(old) else new
         fd, tmp = tempfile.mkstemp(prefix=csv_path.name + ".", dir=csv_path.parent)
         os.close(fd)
@@ -87,10 +104,13 @@ def upsert_csv(csv_path: str | Path, row: dict, key: str = "run_key") -> None:
         os.replace(tmp, csv_path)
 
 
+def _records_frame(results_dir: str | Path) -> pd.DataFrame:
+    return pd.DataFrame([json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"runs/*/{RECORD}"))])
+
+
 def rebuild_csv(results_dir: str | Path, csv_path: str | Path) -> pd.DataFrame:
     """Regenerate the CSV from every ``runs/*/record.json`` (one row per run directory)."""
-    rows = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"runs/*/{RECORD}"))]
-    df = pd.DataFrame(rows)
+    df = _records_frame(results_dir)
     with FileLock(str(csv_path) + ".lock"):
         df.to_csv(csv_path, index=False)
     return df

@@ -25,9 +25,9 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from tango.config import ConfigError, config_hash, identity, identity_diff, validate
 from tango.environment import lock_status
 from tango.loggers import CsvSink, build_sinks
-from tango.methods.base import check_budget
 from tango.records import CONFIG, FAILED, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
 
 WARMUP_REQUESTS = 1  # the first request pays one-off costs (allocator, kernels); excluded from latency medians
@@ -38,7 +38,8 @@ FLOPS_KEYS = ("tflops_vision", "tflops_projector", "tflops_llm", "tflops_prefill
 
 def run(cfg: DictConfig) -> float | None:
     """Run one configuration; return its accuracy (0-100) for sweepers."""
-    budget = check_budget(cfg.budget)
+    validate(cfg)
+    budget = float(cfg.budget)
     method = OmegaConf.to_object(cfg.method)
     if method.name == "none":
         budget = 1.0
@@ -59,35 +60,59 @@ def run(cfg: DictConfig) -> float | None:
         lock.release()
 
 
-def _run_locked(cfg: DictConfig, method, budget: float, run_dir: Path) -> float | None:
+def _finished(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The finished record of this exact configuration, None if there is none to reuse; raises if the run folder
+    holds a finished run of another configuration (a run key names a cell, the whole config is its identity)."""
     done = read_record(run_dir)
-    if done is not None and done.get("status") == "ok" and not cfg.force:
+    if done is None or done.get("status") != "ok" or cfg.force:
+        return None
+    finished_cfg = run_dir / CONFIG
+    if not finished_cfg.exists():
+        raise ConfigError(f"{run_dir} holds a finished run without its {CONFIG}, so it cannot be matched to this "
+                          f"configuration; pass force=true to replace it")
+    diff = identity_diff(identity(OmegaConf.to_container(OmegaConf.load(finished_cfg))), identity(cfg))
+    if diff:
+        raise ConfigError(
+            f"{run_dir} holds a finished run of another configuration ({'; '.join(diff)}). Give this configuration "
+            f"its own run key (e.g. 'run_key=${{run_key:}}__mine') or pass force=true to replace the finished run")
+    return done
+
+
+def _run_locked(cfg: DictConfig, method, budget: float, run_dir: Path) -> float | None:
+    done = _finished(cfg, run_dir)
+    if done is not None:
         print(f"[tango] {cfg.run_key}: already done ({run_dir / RECORD}); pass force=true to re-run")
         return done.get("accuracy")
+    (run_dir / RECORD).unlink(missing_ok=True)  # force=true, or a record that is not ok: no longer done
     sinks = build_sinks(cfg.logger)
     config = OmegaConf.to_container(cfg, resolve=True)
     atomic_write(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     t0 = time.time()
     try:
         record, samples = _evaluate(cfg, method, budget)
+        record["wall_s"] = time.time() - t0
+        write_jsonl(run_dir / SAMPLES, samples)
+        # One commit: every sink takes the result, then record.json marks the run done. A sink that fails leaves
+        # the run not done, so the next call redoes it whole (and replaces whatever the sinks had half-written).
+        for sink in sinks:
+            sink.log(record, samples, config, run_dir)
     except Exception as e:
         failed = {**_identity(cfg, method, budget), "status": "failed", "error": f"{type(e).__name__}: {e}",
                   "wall_s": time.time() - t0}
         write_json(run_dir / FAILED, failed)
         for sink in sinks:
             if isinstance(sink, CsvSink):
-                sink.log(failed, [], config, run_dir)
+                try:
+                    sink.log(failed, [], config, run_dir)
+                except Exception as csv_error:  # the CSV may be what failed; failed.json holds the error
+                    print(f"[tango] could not write the failed row to {sink.path}: {csv_error}", file=sys.stderr)
         if cfg.fail_fast:
             raise
         traceback.print_exc()
         print(f"[tango] {cfg.run_key}: FAILED ({failed['error']}); recorded in {run_dir / FAILED}", flush=True)
         return None
-    (run_dir / FAILED).unlink(missing_ok=True)
-    record["wall_s"] = time.time() - t0
-    write_jsonl(run_dir / SAMPLES, samples)
     write_json(run_dir / RECORD, record)
-    for sink in sinks:
-        sink.log(record, samples, config, run_dir)
+    (run_dir / FAILED).unlink(missing_ok=True)
     _print_summary(record, run_dir, cfg)
     return record["accuracy"]
 
@@ -132,6 +157,10 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
                 **lm.request_stats.get((task_name, s["doc_id"]), {}),
             })
     samples.sort(key=lambda r: r.get("order", 0))
+    errors = [s for s in samples if s.get("error")]
+    if samples and len(errors) == len(samples):  # nothing was evaluated: a failed run, retried by the next call
+        raise RuntimeError(f"all {len(samples)} samples failed; the first, doc {errors[0]['doc_id']}: "
+                           f"{errors[0]['error']}")
 
     record = {**_identity(cfg, method, budget), "status": "ok", "error": None,
               "accuracy": accuracy, "metric": task.metric, "metric_raw": raw, "n_samples": len(samples),
@@ -204,7 +233,7 @@ def _identity(cfg: DictConfig, method, budget: float) -> dict:
         "lmms_task": cfg.task.lmms_task, "seed": cfg.seed, "limit": cfg.limit,
         "num_frames": m.num_frames, "fps": m.fps, "dtype": m.dtype, "attn_implementation": m.attn_implementation,
         "video_backend": m.video_backend, "prompt_variant": m.prompt_variant,
-        "method_hparams": _hparams(cfg),
+        "method_hparams": _hparams(cfg), "config_hash": config_hash(cfg),
         **_versions(cfg.paths.root_dir),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

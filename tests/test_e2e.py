@@ -55,10 +55,16 @@ def test_default_run_writes_record_csv_and_wandb(run_env):
     (table,) = run_dir.glob("wandb/offline-run-*/files/media/table/samples_*.table.json")
     assert len(json.loads(table.read_text())["data"]) == 8
 
-    # A second call finds the record and does not redo the work; the CSV keeps one row.
+    # A second call finds the record and does not redo the work, nor write into the folder; the CSV keeps one row.
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".running.lock"}
     again = run_cli(SMALL, run_env)
     assert again.returncode == 0 and "already done" in again.stdout
     assert len(pd.read_csv(results / "results.csv")) == 1
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".running.lock"} == files
+    assert not (run_dir / ".hydra").exists() and not (run_dir / "run.log").exists()
+    # Another configuration under the same run key is refused in one line, naming what differs.
+    other = run_cli([*SMALL, "method.alpha=3.0"], run_env)
+    assert other.returncode == 2 and "method.alpha: 1.5 -> 3.0" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_failed_run_is_recorded_and_retried(run_env, tmp_path):
