@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from lmms_eval.api.model import lmms
@@ -83,18 +84,26 @@ class HarnessLM(PrunedVideoLM):
 
     def __init__(self, model: str = "tiny_llava_ov", method: str = "none", budget: float = 1.0,
                  device: str = "auto", batch_size: int | str = 1, **overrides):
+        from hydra.errors import HydraException
         from omegaconf import OmegaConf
 
-        from tango.config import compose
+        from tango.config import ConfigError, compose, validate
         from tango.models.base import resolve_device
         from tango.runner import build_lm
 
-        if int(batch_size) != 1:
-            raise ValueError(f"batch_size={batch_size}; the harness answers requests one at a time (valid: 1)")
-        cfg = compose([f"model={model}", f"method={method}", f"budget={budget}", f"device={device}",
-                       *(f"{k}={v}" for k, v in overrides.items())])
+        # lmms-eval's CLI catches every Exception from here and exits 0: a bad argument leaves as SystemExit(2),
+        # which it does not catch, after one line that names the value and the valid ones.
+        try:
+            if str(batch_size) != "1":
+                raise ConfigError(f"batch_size={batch_size!r}; the harness answers requests one at a time (valid: 1)")
+            cfg = compose([f"model={model}", f"method={method}", f"budget={budget}", f"device={device}",
+                           *(f"{k}={v}" for k, v in overrides.items())])
+            validate(cfg)
+        except (ConfigError, HydraException) as e:
+            print(f"[tango] error in --model_args: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from e
         m = OmegaConf.to_object(cfg.method)
-        lm = build_lm(cfg, m, 1.0 if m.name == "none" else check_budget(cfg.budget), resolve_device(cfg.device))
+        lm = build_lm(cfg, m, 1.0 if m.name == "none" else float(cfg.budget), resolve_device(cfg.device))
         self.__dict__.update(lm.__dict__)
 
 

@@ -100,24 +100,49 @@ def test_missing_videos_fail_before_the_run_with_their_list(run_env, tmp_path):
     assert docs[2]["video"] in str(e.value)
 
 
-def test_lmms_eval_cli_finds_the_harness_model(run_env, tmp_path):
+def _readme_cli_example() -> list[str]:
+    """The README's lmms-eval CLI example, as written: one command per line (continuations joined)."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    return [line.split("   #")[0].split("    #")[0].strip() for line in text.splitlines()
+            if line.startswith(("python -m tango.data.synthetic", "python -m lmms_eval"))]
+
+
+def test_readme_lmms_eval_cli_example_works_as_written(run_env, tmp_path):
     """The entry point makes `python -m lmms_eval --model tango_harness` build the harness model by config name."""
+    import shlex
+    import subprocess
+    import sys
+
+    commands = _readme_cli_example()
+    assert len(commands) == 2 and "--include_path /tmp/tango_synthetic" in commands[1]
+    out = tmp_path / "lmms_out"
+    for cmd in commands:
+        argv = [sys.executable, *shlex.split(cmd.replace("/tmp/tango_synthetic", str(tmp_path / "task")))[1:]]
+        if "lmms_eval" in argv:
+            argv += ["--output_path", str(out)]
+        proc = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tango_harness" in proc.stdout and "|tango_synthetic|" in proc.stdout.replace(" ", "")
+    (results,) = out.rglob("*_results.json")
+    assert json.loads(results.read_text())["results"]["tango_synthetic"]["acc,none"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@pytest.mark.parametrize("model_args,message", [
+    ("model=tiny_llava_ov,budget=1.5", "budget=1.5 is outside the valid range (0, 1]"),
+    ("model=tiny_llava_ov,method=nope", "Available options in 'method'"),
+])
+def test_lmms_eval_cli_exits_2_on_a_bad_model_arg(run_env, tmp_path, model_args, message):
     import subprocess
     import sys
 
     from tango.data.synthetic import ensure_synthetic_task
 
-    task_dir = ensure_synthetic_task(tmp_path / "task", num_videos=4, num_frames=8, size=64)
-    out = tmp_path / "lmms_out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lmms_eval", "--model", "tango_harness",
-         "--model_args", "model=tiny_llava_ov,method=none,model.num_frames=4", "--tasks", "tango_synthetic",
-         "--include_path", str(task_dir), "--limit", "2", "--batch_size", "1", "--output_path", str(out)],
-        env=run_env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "tango_harness" in proc.stdout and "|tango_synthetic|" in proc.stdout.replace(" ", "")
-    (results,) = out.rglob("*_results.json")
-    assert json.loads(results.read_text())["results"]["tango_synthetic"]["acc,none"] in (0.0, 0.5, 1.0)
+    task_dir = ensure_synthetic_task(tmp_path / "task", num_videos=2, num_frames=8, size=64)
+    proc = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "tango_harness", "--model_args", model_args,
+                           "--tasks", "tango_synthetic", "--include_path", str(task_dir), "--limit", "1"],
+                          env=run_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "[tango] error in --model_args" in proc.stderr and message in proc.stderr
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(run_env):

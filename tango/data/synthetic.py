@@ -783,3 +783,27 @@ def load_docs(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The docs of a generated task (``out_dir/test.jsonl``), in doc_id order."""
     with open(Path(out_dir) / "test.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tango.data.synthetic --out DIR``: write the task for lmms-eval's own CLI (``--include_path DIR``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tango.data.synthetic", description=main.__doc__)
+    p.add_argument("--out", required=True, help="folder for the videos, annotations and the task YAML")
+    p.add_argument("--num-videos", type=int, default=16)
+    p.add_argument("--num-frames", type=int, default=32)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--seed", type=int, default=1234)
+    args = p.parse_args(argv)
+    try:
+        out = ensure_synthetic_task(args.out, num_videos=args.num_videos, num_frames=args.num_frames, size=args.size,
+                                    seed=args.seed)
+    except (ValueError, FileExistsError) as e:
+        p.error(str(e))
+    print(f"task tango_synthetic in {out} (pass --include_path {out} to lmms-eval)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
