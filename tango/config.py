@@ -167,7 +167,10 @@ NON_RESULT_KEYS = ("paths", "logger", "force", "dry_run", "fail_fast", "run_key"
 def identity(cfg: Any) -> dict:
     """Everything in the resolved config that can change a result (the cell's identity beyond its run key)."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in container.items() if k not in NON_RESULT_KEYS and k != "hydra"}
+    out = {k: v for k, v in container.items() if k not in NON_RESULT_KEYS and k != "hydra"}
+    if out["method"]["name"] == "none":  # `none` runs at budget 1 whatever is asked, as its run key says
+        out["budget"] = 1.0
+    return out
 
 
 def config_hash(cfg: Any) -> str:

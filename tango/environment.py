@@ -25,7 +25,6 @@ from packaging.version import InvalidVersion, Version
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK_FILE = REPO_ROOT / "uv.lock"
-PROJECT = "tango-harness"
 
 
 def _norm(name: str) -> str:

@@ -102,6 +102,10 @@ def test_settings_that_cannot_change_a_result_keep_the_cell(results, tmp_path):
     assert runner.run(compose(["logger=[csv]"])) == 50.0
     runner._evaluate = _fake_evaluate(0.0)  # would show if the cell were recomputed
     assert runner.run(compose(["logger=[csv]", "fail_fast=false", "dry_run=false"])) == 50.0
+    # `none` runs at budget 1 whatever budget a sweep asks: one cell, run once
+    assert runner.run(compose(["logger=[csv]", "method=none", "budget=0.1"])) == 0.0
+    assert runner.run(compose(["logger=[csv]", "method=none", "budget=0.25"])) == 0.0
+    assert len(list((results / "runs").iterdir())) == 2
 
 
 def test_a_failing_sink_leaves_the_run_not_done_and_the_next_call_redoes_it(results, monkeypatch):
@@ -135,7 +139,12 @@ def test_an_interrupted_wandb_offline_run_is_replaced(results, tmp_path, monkeyp
     stale = run_dir / "wandb" / "offline-run-20260101_000000-stale"
     stale.mkdir(parents=True)
     (stale / "run-stale.wandb").write_bytes(b"half a run")
-    assert runner.run(compose(["logger.wandb.mode=offline"])) == 50.0
+    import wandb
+
+    try:
+        assert runner.run(compose(["logger.wandb.mode=offline"])) == 50.0
+    finally:
+        wandb.teardown()  # W&B keeps process-wide settings (its root dir) from the first init: leave none behind
     assert not stale.exists() and len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     assert read_run(find_offline_run(run_dir))["summary"]["accuracy"] == 50.0
 

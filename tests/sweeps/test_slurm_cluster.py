@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slurm
 SMOKE_KEYS = {f"tiny_llava_ov__{m}__synthetic__s0" for m in ("none__b1", "visionzip__b0.1", "visionzip__b0.25")}
 FAILING = ["experiment=smoke", "method=none", "seed=7", "model.tiny=false", "model.pretrained=/nonexistent/checkpoint"]
 FAILING_KEY = "tiny_llava_ov__none__b1__synthetic__s7"
+SEED0_NONE_KEY = "tiny_llava_ov__none__b1__synthetic__s0"
 CRASHING = ["experiment=smoke", "method=none", "seed=8"]
 CRASHING_KEY = "tiny_llava_ov__none__b1__synthetic__s8"
 LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
@@ -118,19 +119,29 @@ def test_submitit_launcher_runs_the_sweep_as_one_array(slurm, run_env):
     assert sorted(states) == [f"{job}_{i}" for i in range(4)] and set(states.values()) == {"COMPLETED"}, states
     assert not [p for p in (results / "runs").iterdir() if p.is_dir() and p.name not in SMOKE_KEYS]
 
-    # Submit again with a broken checkpoint at seeds 0 and 7: the finished seed-0 cell is skipped before anything
-    # loads; the seed-7 cell fails, is recorded as failed, and the sweep still ends with rc 0 (fail_fast=false).
+    # Submit again with a broken checkpoint at seeds 0 and 7. The finished seed-0 cell was made with another
+    # checkpoint: it is refused before anything loads, naming what differs, and its folder is left as it was; the
+    # seed-7 cell fails and is recorded as failed (fail_fast=false). The refusal is an error of the sweep's own making,
+    # so the sweep exits non-zero (submitit reports the refused task) instead of passing it over in silence.
+    finished = {p: p.read_bytes() for p in (results / "runs" / SEED0_NONE_KEY).rglob("*") if p.is_file()
+                and p.name != ".running.lock"}
     broken = ["method=none", "budget=0.1", "seed=0,7", "model.tiny=false", "model.pretrained=/nonexistent/checkpoint"]
     again = subprocess.run([sys.executable, "run.py", "-m", "experiment=smoke", *LAUNCHER, *broken], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert again.returncode != 0 and "holds a finished run of another configuration" in again.stderr, again.stderr
     (job2,) = [p.name for p in (results / "slurm" / "submitit").iterdir() if "_" not in p.name and p.name != job]
-    assert _wait_done(slurm, job2, 2) == {f"{job2}_0": "COMPLETED", f"{job2}_1": "COMPLETED"}
-    logs = [(results / "slurm" / "submitit" / f"{job2}_{i}" / f"{job2}_{i}_0_log.out").read_text() for i in (0, 1)]
-    assert "already done" in logs[0] and "FAILED" in logs[1], logs
+    states = _wait_done(slurm, job2, 2)
+    assert states[f"{job2}_1"] == "COMPLETED" and states[f"{job2}_0"] != "COMPLETED", states
+    logs = [(results / "slurm" / "submitit" / f"{job2}_{i}" / f"{job2}_{i}_0_log.{ext}").read_text()
+            for i, ext in ((0, "err"), (1, "out"))]
+    assert "holds a finished run of another configuration" in logs[0] and "model.pretrained" in logs[0], logs[0]
+    assert "FAILED" in logs[1], logs[1]
+    assert {p: p.read_bytes() for p in (results / "runs" / SEED0_NONE_KEY).rglob("*") if p.is_file()
+            and p.name != ".running.lock"} == finished
     csv = _csv(results)
     assert sorted(csv.run_key) == sorted(SMOKE_KEYS | {FAILING_KEY})
     assert dict(zip(csv.run_key, csv.status))[FAILING_KEY] == "failed"
+    assert dict(zip(csv.run_key, csv.status))[SEED0_NONE_KEY] == "ok"
 
 
 def test_sbatch_route_resumes_a_killed_cell_and_records_a_failing_one(slurm, run_env, tmp_path):
