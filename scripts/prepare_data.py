@@ -11,7 +11,7 @@ built-in lmms-eval tasks find the videos too; the offline overrides (``python -m
     python scripts/prepare_data.py download longvideobench_val_v       # gated, see below
     python scripts/prepare_data.py download all --workers 16
 
-    # anywhere (offline): count expected vs present videos, open each one (first frame only) and list problems
+    # anywhere (offline): count expected vs present videos, decode each one's sampled frames and list problems
     python scripts/prepare_data.py verify all
     python scripts/prepare_data.py verify mvbench --no-decode --json report.json
 
@@ -71,6 +71,7 @@ from tango.tasks.layout import (
     resolve_benchmark,
     video_path,
 )
+from tango.video import BACKENDS, read_clip
 
 ALL = "all"
 DOWNLOAD_PATTERNS = {
@@ -310,25 +311,20 @@ def expected_videos(key: str, data_root: Path) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def check_video(path: str, timeout_s: float = 10.0) -> str | None:
-    """None if PyAV opens ``path`` and decodes one video frame, else the reason (bounded: first frame only)."""
+def check_video(path: str, num_frames: int = 32, backend: str = "decord") -> str | None:
+    """None if ``path`` decodes to the frames its header declares and its ``num_frames`` sampled frames read as the
+    harness reads them (``tango.video.read_clip``), else the reason."""
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
-        import av
-
-        with av.open(path, timeout=timeout_s) as container:
-            if not container.streams.video:
-                return "no video stream"
-            for _ in container.decode(video=0):
-                return None
-            return "no decodable frame"
-    except Exception as e:  # noqa: BLE001 (PyAV raises many types for broken files)
+        read_clip(path, num_frames, backend=backend)
+        return None
+    except Exception as e:  # noqa: BLE001 (decoders raise many types for broken files)
         return f"{type(e).__name__}: {e}"
 
 
-def verify(keys: list[str], data_root: Path, decode: bool = True, workers: int = 4, timeout_s: float = 10.0,
-           limit: int | None = None) -> dict:
+def verify(keys: list[str], data_root: Path, decode: bool = True, workers: int = 4, num_frames: int = 32,
+           backend: str = "decord", limit: int | None = None) -> dict:
     """Per benchmark: expected / present / missing / unreadable videos (``limit``: only the first N expected)."""
     report = {}
     for key in keys:
@@ -344,7 +340,7 @@ def verify(keys: list[str], data_root: Path, decode: bool = True, workers: int =
         unreadable = {}
         if decode and present:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                for p, err in zip(present, pool.map(lambda q: check_video(q, timeout_s), present)):
+                for p, err in zip(present, pool.map(lambda q: check_video(q, num_frames, backend), present)):
                     if err is not None:
                         unreadable[p] = err
         report[key] = {"expected": len(expected), "present": len(present), "missing": missing,
@@ -389,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                                          help="delete zips / tar parts once extracted")
     v = sub.choices["verify"]
     v.add_argument("--no-decode", action="store_true", help="only check that the files exist")
-    v.add_argument("--timeout-s", type=float, default=10.0, help="PyAV open/read timeout per video")
+    v.add_argument("--num-frames", type=int, default=32, help="frames sampled per video, as the runs read them")
+    v.add_argument("--backend", default="decord", choices=BACKENDS, help="decoder, as model.video_backend")
     v.add_argument("--limit", type=int, default=None, help="check only the first N videos of each benchmark")
     v.add_argument("--show", type=int, default=20, help="list at most N missing and N unreadable per benchmark")
     v.add_argument("--json", default=None, help="write the full report here")
@@ -407,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not data_root.is_dir():
         p.error(f"--data-root {data_root} does not exist")
-    report = verify(keys, data_root, decode=not args.no_decode, workers=args.workers, timeout_s=args.timeout_s,
-                    limit=args.limit)
+    report = verify(keys, data_root, decode=not args.no_decode, workers=args.workers, num_frames=args.num_frames,
+                    backend=args.backend, limit=args.limit)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0 if print_report(report, show=args.show) else 1

@@ -11,6 +11,13 @@ from pathlib import Path
 import numpy as np
 
 BACKENDS = ("decord", "pyav")
+#: A decoded video may be short of its header's frame count by this fraction (edit lists can trim a few leading
+#: frames of a valid file); a larger shortfall is a truncated or corrupt file and an error, not fewer frames.
+MAX_FRAME_SHORTFALL = 0.02
+
+
+class VideoDecodeError(RuntimeError):
+    """The video decodes to fewer frames than its header declares (truncated or corrupt file)."""
 
 
 @dataclass
@@ -22,7 +29,8 @@ class Clip:
         indices: ``[F]`` frame indices in the source video.
         timestamps: ``[F]`` seconds, ``index / avg_fps``.
         avg_fps: the container's average frame rate.
-        total_frames: frames in the source video.
+        total_frames: frames in the source video (as decoded).
+        declared_frames: frames the container header declares (0 when it declares none, e.g. some mkv/webm).
     """
 
     frames: np.ndarray
@@ -30,6 +38,13 @@ class Clip:
     timestamps: np.ndarray
     avg_fps: float
     total_frames: int
+    declared_frames: int = 0
+
+    @property
+    def repeated_frames(self) -> int:
+        """Sampled frames that repeat another (a video shorter than the frames asked for is padded by repetition,
+        as lmms-eval's wrappers do); flagged per sample as ``short_video``."""
+        return len(self.indices) - len(np.unique(self.indices))
 
 
 def sample_indices(total_frames: int, num_frames: int, avg_fps: float, fps: float | None = None) -> np.ndarray:
@@ -48,16 +63,37 @@ def sample_indices(total_frames: int, num_frames: int, avg_fps: float, fps: floa
     return np.linspace(0, total_frames - 1, num_frames, dtype=int)
 
 
+def declared_frames(path: str) -> int:
+    """The frame count in the container header of the first video stream (0 if it declares none); reads no frames."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"no video stream in {path}")
+        return int(container.streams.video[0].frames or 0)
+
+
+def check_frame_count(path: str, decoded: int, declared: int) -> None:
+    """Raise :class:`VideoDecodeError` if ``decoded`` falls short of ``declared`` by more than
+    ``MAX_FRAME_SHORTFALL``."""
+    if declared and decoded < declared * (1 - MAX_FRAME_SHORTFALL):
+        raise VideoDecodeError(f"decoded {decoded} of the {declared} frames its header declares: truncated or "
+                               f"corrupt video {path}")
+
+
 def read_clip(path: str | Path, num_frames: int, backend: str = "decord", fps: float | None = None) -> Clip:
-    """Decode ``num_frames`` frames of ``path`` chosen by :func:`sample_indices`."""
+    """Decode ``num_frames`` frames of ``path`` chosen by :func:`sample_indices`; raises
+    :class:`VideoDecodeError` when the file decodes to fewer frames than its header declares."""
     path = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"video not found: {path}")
+    declared = declared_frames(path)
     if backend == "decord":
         import decord
 
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         total, avg_fps = len(vr), float(vr.get_avg_fps())
+        check_frame_count(path, total, declared)
         idx = sample_indices(total, num_frames, avg_fps, fps)
         frames = vr.get_batch(idx.tolist()).asnumpy()
     elif backend == "pyav":
@@ -69,8 +105,12 @@ def read_clip(path: str | Path, num_frames: int, backend: str = "decord", fps: f
             # Decode every frame: container frame counts are unreliable and seeking is not frame-exact.
             all_frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         total = len(all_frames)
+        check_frame_count(path, total, declared)
         idx = sample_indices(total, num_frames, avg_fps, fps)
         frames = np.stack([all_frames[i] for i in idx])
     else:
         raise ValueError(f"video backend {backend!r}; valid: {list(BACKENDS)}")
-    return Clip(frames=frames, indices=idx, timestamps=idx / avg_fps, avg_fps=avg_fps, total_frames=total)
+    if len(frames) != len(idx):
+        raise VideoDecodeError(f"asked {len(idx)} frames of {path}, got {len(frames)}")
+    return Clip(frames=frames, indices=idx, timestamps=idx / avg_fps, avg_fps=avg_fps, total_frames=total,
+                declared_frames=declared)

@@ -1,4 +1,5 @@
-"""scripts/prepare_data.py: `verify` on a fake local layout (videos present, one missing, one corrupt, one empty)
+"""scripts/prepare_data.py: `verify` on a fake local layout (videos present, one missing, one corrupt, one empty,
+one truncated)
 and the resumable archive extraction that `download` uses (the download itself needs the network)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from faults import write_truncated_mp4
 from tango_tasks_fixtures import MLVU_DOCS, build_data_root
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +33,8 @@ prepare = _load()
 
 @pytest.fixture(scope="module")
 def broken_root(tmp_path_factory):
-    """All four benchmarks; mlvu count_2.mp4 missing, one LongVideoBench video corrupt, one MVBench video empty."""
+    """All four benchmarks; mlvu count_2.mp4 missing, one LongVideoBench video corrupt, one MVBench video empty,
+    one truncated."""
     root = tmp_path_factory.mktemp("hf_home")
     videos = build_data_root(root)
     missing = root / "mlvu" / MLVU_DOCS[1]["video_name"]
@@ -40,19 +43,21 @@ def broken_root(tmp_path_factory):
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
     empty = Path(videos["mvbench"][5])
     empty.write_bytes(b"")
-    return root, str(missing), str(corrupt), str(empty)
+    truncated = write_truncated_mp4(Path(videos["mvbench"][6]))  # a whole header: only decoding frames finds it
+    return root, str(missing), str(corrupt), str(empty), str(truncated)
 
 
 @pytest.mark.unit
 def test_verify_counts_expected_present_missing_and_unreadable(broken_root):
-    root, missing, corrupt, empty = broken_root
+    root, missing, corrupt, empty, truncated = broken_root
     report = prepare.verify(list(prepare.BENCHMARKS), root, workers=2)
     summary = {k: (r["expected"], r["present"], len(r["missing"]), len(r["unreadable"])) for k, r in report.items()}
     assert summary == {"videomme": (2, 2, 0, 0), "mlvu_dev": (4, 3, 1, 0), "longvideobench_val_v": (4, 4, 0, 1),
-                       "mvbench": (40, 40, 0, 1)}
+                       "mvbench": (40, 40, 0, 2)}
     assert report["mlvu_dev"]["missing"] == [missing]
     assert list(report["longvideobench_val_v"]["unreadable"]) == [corrupt]
-    assert report["mvbench"]["unreadable"] == {empty: "empty file"}
+    assert report["mvbench"]["unreadable"][truncated].startswith("VideoDecodeError: decoded 18 of the 48 frames its header declares")
+    assert report["mvbench"]["unreadable"][empty] == "empty file"
     # MVBench's moving_count videos exist only under data0613/: found through the fallback, so not missing.
     assert not any("moving_count" in p for p in report["mvbench"]["missing"])
 
