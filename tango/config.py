@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from tango.methods import METHODS
 
@@ -115,12 +115,19 @@ class ConfigError(ValueError):
     as one line, without a traceback, unless HYDRA_FULL_ERROR=1)."""
 
 
+class DataError(ConfigError):
+    """Task data that cannot be evaluated (an annotation field missing or empty), found before inference."""
+
+
 DTYPES = ("bfloat16", "float16", "float32")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 def validate(cfg: Any) -> None:
-    """Check every value that compose-time typing cannot: ranges, choices, feasibility. Runs before anything loads."""
+    """Check every value that compose-time typing cannot: unknown keys, ranges, choices, the method's feasibility at
+    this budget and frame count, the task's data. Runs before anything loads; raises :class:`ConfigError`."""
+    from tango.data.synthetic import check_args as check_synthetic
     from tango.methods.base import check_budget
     from tango.models.base import ADAPTERS, PLANNED
     from tango.video import BACKENDS
@@ -135,6 +142,7 @@ def validate(cfg: Any) -> None:
         if value is None or value < low:
             raise ConfigError(f"{key}={value!r} must be >= {low}" + (" (or null)" if optional else ""))
 
+    _check_keys(cfg)
     try:
         check_budget(cfg.budget)
     except ValueError as e:
@@ -151,13 +159,70 @@ def validate(cfg: Any) -> None:
     at_least("limit", cfg.limit, 1, optional=True)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
         raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
-    if not cfg.task.metric_scale > 0:
-        raise ConfigError(f"task.metric_scale={cfg.task.metric_scale!r} must be > 0")
-    syn = cfg.task.synthetic
-    if syn is not None:
-        for key in ("num_videos", "num_frames", "fps"):
-            at_least(f"task.synthetic.{key}", syn[key], 1)
-        at_least("task.synthetic.size", syn.size, 16)
+    try:
+        method = OmegaConf.to_object(cfg.method)  # runs the method's own hyperparameter checks
+        if method.name != "none":
+            method.check_feasible(float(cfg.budget), int(m.num_frames))
+    except ValueError as e:
+        raise ConfigError(f"method={cfg.method.name}: {e}") from None
+    if cfg.logger.get("wandb") is not None:
+        choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+    task = cfg.task
+    if not task.metric_scale > 0:
+        raise ConfigError(f"task.metric_scale={task.metric_scale!r} must be > 0")
+    if task.synthetic is not None:
+        try:
+            check_synthetic(task_name=task.lmms_task, **OmegaConf.to_container(task.synthetic, resolve=True))
+        except ValueError as e:
+            raise ConfigError(f"task.synthetic: {e}") from None
+    if task.data_root is not None:
+        _check_data_root(task)
+
+
+def _check_keys(cfg: Any) -> None:
+    """Every key is a field of its schema: Hydra's ``+key=value`` (what it suggests for a typo) adds keys to
+    structured configs that nothing would read."""
+    import difflib
+    from dataclasses import fields
+
+    def check(node, schema, prefix: str) -> None:
+        valid = [f.name for f in fields(schema)]
+        for key in node.keys():
+            if key not in valid:
+                close = difflib.get_close_matches(str(key), valid, n=1)
+                hint = f"did you mean {prefix}{close[0]}? " if close else ""
+                raise ConfigError(f"{prefix}{key} is not a setting of {prefix.rstrip('.') or 'the config'}; "
+                                  f"{hint}valid: {valid}")
+
+    check(cfg, Config, "")
+    check(cfg.model, ModelConfig, "model.")
+    check(cfg.method, METHODS[cfg.method.name], "method.")
+    check(cfg.task, TaskConfig, "task.")
+    if cfg.task.synthetic is not None:
+        check(cfg.task.synthetic, SyntheticConfig, "task.synthetic.")
+    check(cfg.paths, PathsConfig, "paths.")
+    check(cfg.logger, LoggerConfig, "logger.")
+    for name, schema in (("csv", CsvLoggerConfig), ("wandb", WandbLoggerConfig)):
+        if cfg.logger.get(name) is not None:
+            check(cfg.logger[name], schema, f"logger.{name}.")
+
+
+def _check_data_root(task: Any) -> None:
+    """The data root is a folder holding the task's annotations (videos are checked per doc before inference)."""
+    from tango.tasks import find_annotations, resolve_benchmark
+    from tango.tasks.layout import mvbench_subtasks
+
+    root = Path(task.data_root)
+    hint = ("it comes from $TANGO_DATA (else $HF_HOME, else ~/.cache/huggingface): set TANGO_DATA to the folder "
+            "holding the benchmarks (layout: tango/tasks/layout.py) or pass task.data_root=PATH")
+    if not root.is_dir():
+        raise ConfigError(f"task.data_root={str(root)!r} is not a folder; {hint}")
+    try:
+        bench = resolve_benchmark(task.lmms_task)
+        for sub in mvbench_subtasks() if bench.key == "mvbench" else (None,):
+            find_annotations(bench, root, sub)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"task.data_root={str(root)!r}: {e}\n({hint})") from None
 
 
 # Keys that cannot change a result: where it is written, how it is logged, and how the call behaves.
@@ -168,6 +233,10 @@ def identity(cfg: Any) -> dict:
     """Everything in the resolved config that can change a result (the cell's identity beyond its run key)."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     out = {k: v for k, v in container.items() if k not in NON_RESULT_KEYS and k != "hydra"}
+    task = out.get("task") or {}
+    if task.get("synthetic") is not None or task.get("data_root") is not None:
+        # A generated task's folder is named after its data source under the cache dir: where it lies is not data.
+        out["task"] = {k: v for k, v in task.items() if k != "include_path"}
     if out["method"]["name"] == "none":  # `none` runs at budget 1 whatever is asked, as its run key says
         out["budget"] = 1.0
     return out
@@ -211,6 +280,14 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> Any:
     return cfg
 
 
+def _source_digest(source: Any) -> str:
+    from tango.tasks.writer import source_digest
+
+    if isinstance(source, (DictConfig, ListConfig)):
+        source = OmegaConf.to_container(source, resolve=True)
+    return source_digest(source)
+
+
 def register() -> None:
     """Store the schemas and resolvers; idempotent (called on import)."""
     cs = ConfigStore.instance()
@@ -221,6 +298,8 @@ def register() -> None:
         cs.store(group="schema/method", name=name, node=cls)
     if not OmegaConf.has_resolver("run_key"):
         OmegaConf.register_new_resolver("run_key", lambda *, _root_: run_key(_root_))
+    if not OmegaConf.has_resolver("source_digest"):  # ${source_digest:${.data_root}}: one task folder per data source
+        OmegaConf.register_new_resolver("source_digest", _source_digest)
     if not OmegaConf.has_resolver("tango_repo"):
         OmegaConf.register_new_resolver("tango_repo", lambda: str(CONFIG_DIR.parent))
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from tango.methods.base import PruningMethod, check_budget
+from tango.methods.base import PruningMethod, SampleError, check_budget
 from tango.video import read_clip
 
 
@@ -58,11 +58,20 @@ class PrunedVideoLM(lmms):
                     self.request_stats[(task, doc_id)] = {"order": i, "error": error}
                     answers.append("")  # scored as wrong by the task; the error is in samples.jsonl and the record
                     continue
-                gen = self.adapter.generate(
-                    inputs, clip, self.method, self.budget,
-                    max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
-                    stop=list(gen_kwargs.get("until", []) or []))
-                self.request_stats[(task, doc_id)] = {"order": i, "frames": len(clip.indices), **gen.stats}
+                frames = {"frames": len(clip.indices), "frames_repeated": clip.repeated_frames,
+                          "short_video": clip.repeated_frames > 0}
+                try:
+                    gen = self.adapter.generate(
+                        inputs, clip, self.method, self.budget,
+                        max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+                        stop=list(gen_kwargs.get("until", []) or []))
+                except SampleError as e:  # this sample only (e.g. too few frames for the method); the run goes on
+                    error = f"{type(e).__name__}: {e} ({clip.total_frames}-frame video)"
+                    tqdm.write(f"[tango] {task} doc {doc_id}: skipped, {error}")
+                    self.request_stats[(task, doc_id)] = {"order": i, **frames, "error": error}
+                    answers.append("")
+                    continue
+                self.request_stats[(task, doc_id)] = {"order": i, **frames, **gen.stats}
                 answers.append(gen.text)
         return answers
 
@@ -114,33 +123,87 @@ def manifests():
     return [ModelManifest(model_id="tango_harness", simple_class_path="tango.eval.HarnessLM")]
 
 
-def missing_videos(task_names: list[str], task_manager, limit: int | None = None) -> list[str]:
-    """Video paths the first ``limit`` docs of the tasks will ask for that are not on disk.
+class _Probe(dict):
+    """A doc that records the fields a task function subscripts while they are empty (``None``): HF datasets fill a
+    field one annotation lacks with ``None``, which scores every answer wrong instead of failing."""
 
-    Built-in video tasks call ``sys.exit`` from ``doc_to_visual`` when a file is missing; that is caught and
-    reported here, before a run starts, instead of ending the process mid-run."""
+    def __init__(self, doc: dict):
+        super().__init__(doc)
+        self.empty: list[str] = []
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)  # a field absent from every annotation: KeyError, reported by the caller
+        if value is None:
+            self.empty.append(key)
+        return value
+
+
+def _leaf_tasks(task_names: list[str], task_manager) -> dict:
     from lmms_eval.tasks import get_task_dict
 
     def leaves(d):
-        for v in d.values():
-            yield from (leaves(v) if isinstance(v, dict) else [v])
+        for k, v in d.items():
+            yield from (leaves(v) if isinstance(v, dict) else [(getattr(k, "group_name", k), v)])
 
-    missing = []
-    for task in leaves(get_task_dict(task_names, task_manager)):
-        for doc in itertools.islice(task.eval_docs, limit):
+    return dict(leaves(get_task_dict(task_names, task_manager)))
+
+
+def doc_problems(task_names: list[str], task_manager, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """``(missing videos, annotation problems)`` of the first ``limit`` docs of each task, found before inference.
+
+    Each doc goes through the task's own ``doc_to_visual``, ``doc_to_text``, ``doc_to_target`` and
+    ``process_results`` (on an empty reply): a field it needs that is missing or empty is reported with the task,
+    the doc index and the annotation files, instead of a ``KeyError`` (or a silent zero) after inference. Built-in
+    video tasks ``sys.exit`` from ``doc_to_visual`` when a file is missing; that is caught and reported too."""
+    missing, problems = [], []
+    for name, task in _leaf_tasks(task_names, task_manager).items():
+        files = (task.config.dataset_kwargs or {}).get("data_files") or task.config.dataset_path
+        if isinstance(files, dict):
+            files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+        files = ", ".join(files) if isinstance(files, (list, tuple)) else str(files)
+        target = task.config.doc_to_target
+        if isinstance(target, str) and "{{" not in target and target not in (task.features or []):
+            problems.append(f"{name}: doc_to_target field {target!r} is in no annotation (fields: "
+                            f"{sorted(task.features or [])}; annotations: {files})")
+            continue
+        for i, doc in enumerate(itertools.islice(task.eval_docs, limit)):
+            probe = _Probe(doc)
             try:
-                visuals = task.doc_to_visual(doc)
-            except SystemExit as e:  # lmms-eval's video tasks exit on a missing file
-                missing.append(str(e))
+                try:
+                    visuals = task.doc_to_visual(probe)
+                except SystemExit as e:  # lmms-eval's video tasks exit on a missing file
+                    missing.append(str(e))
+                else:
+                    missing += [v for v in visuals if isinstance(v, str) and not os.path.exists(v)]
+                task.doc_to_text(probe)
+                task.doc_to_target(probe)
+                if callable(task.config.process_results):  # the task's function, without lmms-eval's retry loop
+                    task.config.process_results(probe, [""])
+            except KeyError as e:
+                problems.append(f"{name} doc {i}: missing field {e.args[0]!r} (annotations: {files})")
                 continue
-            missing += [v for v in visuals if isinstance(v, str) and not os.path.exists(v)]
-    return missing
+            except Exception as e:  # noqa: BLE001 (the task's own code: any error means this doc cannot be scored)
+                empty = f"empty field(s) {sorted(set(probe.empty))}, " if probe.empty else ""
+                problems.append(f"{name} doc {i}: {empty}{type(e).__name__}: {e} (annotations: {files})")
+                continue
+            if probe.empty:
+                problems.append(f"{name} doc {i}: empty field(s) {sorted(set(probe.empty))} (annotations: {files})")
+    return missing, problems
 
 
-def check_videos(task_names: list[str], task_manager, limit: int | None = None) -> None:
-    """Raise ``FileNotFoundError`` listing the missing videos (the first 20 and the count)."""
-    missing = missing_videos(task_names, task_manager, limit)
+def check_docs(task_names: list[str], task_manager, limit: int | None = None) -> None:
+    """Raise before inference: ``FileNotFoundError`` listing missing videos, ``DataError`` listing annotation
+    problems (the first 20 and the count of each)."""
+    from tango.config import DataError
+
+    missing, problems = doc_problems(task_names, task_manager, limit)
+
+    def listed(items):
+        return "\n  ".join(items[:20]) + (f"\n  ... {len(items) - 20} more" if len(items) > 20 else "")
+
+    if problems:
+        raise DataError(f"{len(problems)} annotation problem(s) in {task_names}, found before inference:\n  "
+                        + listed(problems))
     if missing:
-        shown = "\n  ".join(missing[:20])
         raise FileNotFoundError(f"{len(missing)} video(s) of {task_names} are missing"
-                                f"{' (first 20 shown)' if len(missing) > 20 else ''}:\n  {shown}")
+                                f"{' (first 20 shown)' if len(missing) > 20 else ''}:\n  {listed(missing)}")

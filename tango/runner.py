@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,12 +39,25 @@ FLOPS_KEYS = ("tflops_vision", "tflops_projector", "tflops_llm", "tflops_prefill
 
 def run(cfg: DictConfig) -> float | None:
     """Run one configuration; return its accuracy (0-100) for sweepers."""
-    validate(cfg)
+    run_dir = Path(cfg.paths.results_dir) / "runs" / cfg.run_key
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        if cfg.fail_fast or cfg.dry_run:
+            raise
+        # A sweep goes on: the invalid cell is a failed row (visible in tables), retried once its config is fixed.
+        print(f"[tango] {cfg.run_key}: FAILED, invalid configuration: {e}", file=sys.stderr, flush=True)
+        done = read_record(run_dir)
+        if done is not None and done.get("status") == "ok":  # never touch a finished run's folder or row
+            return None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        budget = 1.0 if cfg.method.name == "none" else float(cfg.budget)
+        _record_failure(cfg, run_dir, _cell(cfg, cfg.method.name, budget), e, build_sinks(cfg.logger))
+        return None
     budget = float(cfg.budget)
     method = OmegaConf.to_object(cfg.method)
     if method.name == "none":
         budget = 1.0
-    run_dir = Path(cfg.paths.results_dir) / "runs" / cfg.run_key
     if cfg.dry_run:
         return _print_plan(cfg, method, budget, run_dir)
     # The same cell submitted twice at once (e.g. `none` at several budgets in one job array) runs once.
@@ -97,15 +111,7 @@ def _run_locked(cfg: DictConfig, method, budget: float, run_dir: Path) -> float 
         for sink in sinks:
             sink.log(record, samples, config, run_dir)
     except Exception as e:
-        failed = {**_identity(cfg, method, budget), "status": "failed", "error": f"{type(e).__name__}: {e}",
-                  "wall_s": time.time() - t0}
-        write_json(run_dir / FAILED, failed)
-        for sink in sinks:
-            if isinstance(sink, CsvSink):
-                try:
-                    sink.log(failed, [], config, run_dir)
-                except Exception as csv_error:  # the CSV may be what failed; failed.json holds the error
-                    print(f"[tango] could not write the failed row to {sink.path}: {csv_error}", file=sys.stderr)
+        failed = _record_failure(cfg, run_dir, _identity(cfg, method, budget), e, sinks, wall_s=time.time() - t0)
         if cfg.fail_fast:
             raise
         traceback.print_exc()
@@ -113,15 +119,29 @@ def _run_locked(cfg: DictConfig, method, budget: float, run_dir: Path) -> float 
         return None
     write_json(run_dir / RECORD, record)
     (run_dir / FAILED).unlink(missing_ok=True)
-    _print_summary(record, run_dir, cfg)
+    _print_summary(record, samples, run_dir, cfg)
     return record["accuracy"]
+
+
+def _record_failure(cfg: DictConfig, run_dir: Path, identity_: dict, error: Exception, sinks: list,
+                    wall_s: float | None = None) -> dict:
+    """``failed.json`` and a ``failed`` CSV row; no record.json, so the next call retries the cell."""
+    failed = {**identity_, "status": "failed", "error": f"{type(error).__name__}: {error}", "wall_s": wall_s}
+    write_json(run_dir / FAILED, failed)
+    for sink in sinks:
+        if isinstance(sink, CsvSink):
+            try:
+                sink.log(failed, [], OmegaConf.to_container(cfg, resolve=True), run_dir)
+            except Exception as csv_error:  # the CSV may be what failed; failed.json holds the error
+                print(f"[tango] could not write the failed row to {sink.path}: {csv_error}", file=sys.stderr)
+    return failed
 
 
 def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]:
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from tango.eval import check_videos
+    from tango.eval import check_docs
     from tango.models.base import resolve_device
 
     _seed_everything(cfg.seed)
@@ -135,7 +155,7 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
 
         write_local_tasks(task.data_root, task.include_path, [task.lmms_task])
     tm = TaskManager(include_path=task.include_path) if task.include_path else TaskManager()
-    check_videos([task.lmms_task], tm, cfg.limit)
+    check_docs([task.lmms_task], tm, cfg.limit)
     device = resolve_device(cfg.device)
     lm = build_lm(cfg, method, budget, device)
     if device.type == "cuda":
@@ -164,7 +184,7 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
 
     record = {**_identity(cfg, method, budget), "status": "ok", "error": None,
               "accuracy": accuracy, "metric": task.metric, "metric_raw": raw, "n_samples": len(samples),
-              "n_sample_errors": sum(1 for s in samples if s.get("error"))}
+              "n_sample_errors": len(errors), "n_short_videos": sum(1 for s in samples if s.get("short_video"))}
     record.update(_per_type_accuracy(samples, task.metric, task.metric_scale))
     ok = [s for s in samples if "tokens_in" in s]
     tin, tout, tavg = ([s[k] for s in ok] for k in ("tokens_in", "tokens_out", "tokens_layer_avg"))
@@ -225,17 +245,23 @@ def _per_type_accuracy(samples: list[dict], metric: str, scale: float) -> dict:
     return out
 
 
+def _cell(cfg: DictConfig, method_name: str, budget: float) -> dict:
+    """What names the cell in tables (valid even for a config that failed validation)."""
+    m = cfg.model
+    return {"run_key": cfg.run_key, "model": m.name, "model_family": m.family, "pretrained": m.pretrained,
+            "method": method_name, "budget": budget, "budget_requested": float(cfg.budget), "task": cfg.task.name,
+            "lmms_task": cfg.task.lmms_task, "seed": cfg.seed, "limit": cfg.limit,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 def _identity(cfg: DictConfig, method, budget: float) -> dict:
     m = cfg.model
     return {
-        "run_key": cfg.run_key, "model": m.name, "model_family": m.family, "pretrained": m.pretrained,
-        "method": method.name, "budget": budget, "budget_requested": float(cfg.budget), "task": cfg.task.name,
-        "lmms_task": cfg.task.lmms_task, "seed": cfg.seed, "limit": cfg.limit,
+        **_cell(cfg, method.name, budget),
         "num_frames": m.num_frames, "fps": m.fps, "dtype": m.dtype, "attn_implementation": m.attn_implementation,
         "video_backend": m.video_backend, "prompt_variant": m.prompt_variant,
         "method_hparams": _hparams(cfg), "config_hash": config_hash(cfg),
         **_versions(cfg.paths.root_dir),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -278,7 +304,17 @@ def _print_plan(cfg: DictConfig, method, budget: float, run_dir: Path) -> None:
           flush=True)
 
 
-def _print_summary(record: dict, run_dir: Path, cfg: DictConfig) -> None:
+def _error_summary(samples: list[dict]) -> str:
+    """``none``, or ``3 of 40 scored wrong: 2 VideoDecodeError, 1 SampleError (samples.jsonl: "error")``."""
+    errors = [s["error"] for s in samples if s.get("error")]
+    if not errors:
+        return "none"
+    kinds = Counter(e.split(":", 1)[0] for e in errors)
+    return (f"{len(errors)} of {len(samples)} scored wrong: " + ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+            + ' (samples.jsonl: "error")')
+
+
+def _print_summary(record: dict, samples: list[dict], run_dir: Path, cfg: DictConfig) -> None:
     def f(v, spec=".1f"):
         return "n/a" if v is None else format(v, spec)
     print(f"[tango] {record['run_key']}\n"
@@ -288,6 +324,8 @@ def _print_summary(record: dict, run_dir: Path, cfg: DictConfig) -> None:
           f"  ttft median     {f(record['ttft_ms'])} ms  (vision {f(record['vision_ms'])}, pruning "
           f"{f(record['pruning_ms'])}, LLM prefill {f(record['llm_prefill_ms'])})\n"
           f"  prefill FLOPs   {f(record['tflops_prefill'], '.4g')} TFLOPs (LLM {f(record['tflops_llm'], '.4g')})\n"
+          f"  sample errors   {_error_summary(samples)}\n"
+          f"  short videos    {record.get('n_short_videos', 0)} (fewer frames than sampled: padded by repetition)\n"
           f"  run dir         {run_dir}\n"
           + (f"  csv             {cfg.logger.csv.path}\n" if cfg.logger.get("csv") is not None else ""),
           file=sys.stdout, flush=True)

@@ -344,13 +344,13 @@ def sweep_cells(seeds=(0, 1, 2), methods=SWEEP_METHODS, budgets=SWEEP_BUDGETS, m
                 task: str = "synthetic_pruning", num_videos: int = 100, extra: list[str] | tuple[str, ...] = ()
                 ) -> list[list[str]]:
     """The Hydra override lists of the accuracy-vs-budget sweep: per evaluation seed ``k`` (run ``seed=k``, task
-    ``task.synthetic.seed=1234+k`` in its own folder ``<cache>/tasks/<task>_s<k>``), the full-token run and every
+    ``task.synthetic.seed=1234+k``, generated in its own folder: the task config names it after its parameters), the
+    full-token run and every
     method x budget (per-model method settings come from ``configs/model_method/<model>_<method>.yaml``)."""
     cells = []
     for k in seeds:
         base = [f"model={model}", f"task={task}", f"seed={k}", f"task.synthetic.seed={1234 + k}",
-                f"task.synthetic.num_videos={num_videos}", f"task.include_path=${{paths.cache_dir}}/tasks/{task}_s{k}",
-                "logger=[csv]", "fail_fast=false", *extra]
+                f"task.synthetic.num_videos={num_videos}", "logger=[csv]", "fail_fast=false", *extra]
         cells.append([*base, "method=none"])
         cells += [[*base, f"method={m}", f"budget={b}"] for m in methods for b in budgets]
     return cells

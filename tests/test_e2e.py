@@ -88,15 +88,15 @@ def test_missing_videos_fail_before_the_run_with_their_list(run_env, tmp_path):
     from lmms_eval.tasks import TaskManager
 
     from tango.data.synthetic import ensure_synthetic_task
-    from tango.eval import check_videos
+    from tango.eval import check_docs
 
     task_dir = ensure_synthetic_task(tmp_path / "task", num_videos=4, num_frames=4, size=64)
     docs = [json.loads(line) for line in (task_dir / "test.jsonl").read_text().splitlines()]
     Path(docs[2]["video"]).unlink()
     tm = TaskManager(include_path=str(task_dir))
-    check_videos(["tango_synthetic"], tm, limit=2)  # the first two docs are complete
+    check_docs(["tango_synthetic"], tm, limit=2)  # the first two docs are complete
     with pytest.raises(FileNotFoundError, match="1 video") as e:
-        check_videos(["tango_synthetic"], tm)
+        check_docs(["tango_synthetic"], tm)
     assert docs[2]["video"] in str(e.value)
 
 

@@ -19,25 +19,7 @@ pytestmark = pytest.mark.unit
 
 # ---- validation before anything loads ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override,message", [
-    ("budget=1.5", "budget=1.5 is outside the valid range (0, 1]"),
-    ("model.num_frames=0", "model.num_frames=0 must be >= 1"),
-    ("model.fps=0", "model.fps=0.0 must be > 0"),
-    ("model.video_backend=foo", "model.video_backend='foo' is not one of the valid values ['decord', 'pyav']"),
-    ("model.dtype=fp8", "model.dtype='fp8' is not one of the valid values ['bfloat16', 'float16', 'float32']"),
-    ("model.attn_implementation=flash", "model.attn_implementation='flash' is not one of the valid values"),
-    ("model.max_new_tokens=0", "model.max_new_tokens=0 must be >= 1"),
-    ("limit=0", "limit=0 must be >= 1 (or null)"),
-    ("limit=-1", "limit=-1 must be >= 1 (or null)"),
-    ("device=gpu", "device='gpu' is not one of auto, cpu, cuda, cuda:N"),
-    ("task.synthetic.num_videos=0", "task.synthetic.num_videos=0 must be >= 1"),
-    ("task.synthetic.size=8", "task.synthetic.size=8 must be >= 16"),
-])
-def test_bad_values_are_rejected_with_the_valid_ones(override, message):
-    with pytest.raises(ConfigError) as e:
-        validate(compose([override]))
-    assert message in str(e.value)
-
+# Each bad value and the message it gets: tests/bad_inputs.py, run by tests/test_bad_inputs.py.
 
 @pytest.mark.e2e
 def test_cli_prints_one_line_without_traceback_and_exits_2(run_env):
@@ -160,3 +142,72 @@ def test_a_corrupt_csv_is_named_moved_aside_and_rebuilt(results, capsys):
     assert f"{table} was not a readable results table" in err and str(aside) in err
     assert aside.read_text().startswith("run_key,accuracy\n1,2,3,4")
     assert sorted(pd.read_csv(table).seed) == [0, 1, 2]
+
+
+def test_an_invalid_cell_in_a_sweep_is_a_failed_row_and_never_touches_a_finished_one(results, capsys):
+    assert runner.run(compose(["logger=[csv]"])) == 50.0
+    (run_dir,) = (results / "runs").iterdir()
+    before = _snapshot(run_dir)
+    # Same run key, invalid config (a typo Hydra suggests appending): reported, the finished cell left as it is.
+    assert runner.run(compose(["logger=[csv]", "fail_fast=false", "+method.alpah=2"])) is None
+    assert "did you mean method.alpha?" in capsys.readouterr().err
+    assert _snapshot(run_dir) == before and pd.read_csv(results / "results.csv").status.tolist() == ["ok"]
+    # A new cell that cannot run (FastV below K / num_layers): a failed row, retried once its config is fixed.
+    cell = ["logger=[csv]", "fail_fast=false", "method=fastv", "budget=0.2"]
+    assert runner.run(compose(cell)) is None
+    failed = json.loads((results / "runs" / compose(cell).run_key / "failed.json").read_text())
+    assert failed["error"].startswith("ConfigError: method=fastv: budget=0.2 is infeasible for FastV")
+    assert sorted(pd.read_csv(results / "results.csv").status) == ["failed", "ok"]
+    with pytest.raises(ConfigError, match="infeasible"):  # fail_fast (a single run): raised, exit 2 in run.py
+        runner.run(compose(cell[:1] + cell[2:]))
+
+
+def test_generated_task_folders_are_keyed_by_their_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("TANGO_DATA", str(tmp_path / "a"))
+    a = compose(["task=mlvu_local"])
+    monkeypatch.setenv("TANGO_DATA", str(tmp_path / "b"))
+    b = compose(["task=mlvu_local"])
+    assert a.task.include_path != b.task.include_path  # one cache, two data roots: two folders
+    s0, s1 = compose([]), compose(["task.synthetic.seed=1235"])
+    assert s0.task.include_path != s1.task.include_path
+    # Where the folder lies is not part of the result: another cache dir is the same cell.
+    monkeypatch.setenv("TANGO_CACHE", str(tmp_path / "other-cache"))
+    moved = compose([])
+    assert moved.task.include_path != s0.task.include_path and config_hash(moved) == config_hash(s0)
+
+
+@pytest.mark.e2e
+def test_one_bad_sample_never_sinks_the_run(tmp_path, cache_dir, monkeypatch, capsys):
+    """A 1-frame video under DyCoke with fps sampling (SampleError) and a truncated mp4 (VideoDecodeError) are those
+    samples' errors; the run is ok, counts them and says so; a short video under uniform sampling is flagged."""
+    import numpy as np
+
+    from faults import write_truncated_mp4
+    from tango.data.synthetic import _write_mp4, ensure_synthetic_task
+
+    monkeypatch.setenv("TANGO_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("TANGO_CACHE", str(cache_dir))
+    task_dir = ensure_synthetic_task(tmp_path / "task", num_videos=4, num_frames=32, size=112, fps=8, seed=1234)
+    docs = [json.loads(line) for line in (task_dir / "test.jsonl").read_text().splitlines()]
+    _write_mp4(Path(docs[0]["video"]), np.full((1, 112, 112, 3), 128, np.uint8), 8)  # 1 frame
+    write_truncated_mp4(Path(docs[1]["video"]), frames=48, keep=18, size=112)
+    base = ["model=tiny_llava_ov", "task=synthetic", "task.synthetic.num_videos=4", f"task.include_path={task_dir}",
+            "logger=[csv]"]
+
+    assert runner.run(compose([*base, "method=dycoke", "budget=0.5", "model.fps=2"])) is not None
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    record = json.loads((run_dir / "record.json").read_text())
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert record["status"] == "ok" and record["n_samples"] == 4 and record["n_sample_errors"] == 2
+    assert samples[0]["error"].startswith("SampleError: dycoke needs at least 2 frames, got num_frames=1")
+    assert samples[1]["error"].startswith("VideoDecodeError: decoded 18 of the 48 frames its header declares")
+    assert all("error" not in s and s["frames"] == 8 for s in samples[2:])
+    assert "sample errors   2 of 4 scored wrong: 1 SampleError, 1 VideoDecodeError" in out
+
+    assert runner.run(compose([*base, "method=none", "model.num_frames=8"])) is not None
+    (run_dir,) = [d for d in (tmp_path / "results" / "runs").iterdir() if "__none__" in d.name]
+    record = json.loads((run_dir / "record.json").read_text())
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["short_video"] is True and samples[0]["frames_repeated"] == 7
+    assert [s.get("short_video") for s in samples[2:]] == [False, False] and record["n_short_videos"] == 1

@@ -471,7 +471,7 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _check_args(num_videos, num_frames, size, fps, seed, task_name, question_types, split="test") -> dict[str, Any]:
+def check_args(num_videos, num_frames, size, fps, seed, task_name, question_types, split="test") -> dict[str, Any]:
     params = {
         "num_videos": _check_int("num_videos", num_videos),
         "num_frames": _check_int("num_frames", num_frames),
@@ -672,7 +672,7 @@ def make_docs(
 ) -> list[dict[str, Any]]:
     """Docs ``start .. start + num_videos - 1`` in memory (no files), checked like ``ensure_synthetic_task``'s
     arguments; for training loops that render frames directly."""
-    params = _check_args(num_videos, num_frames, size, fps, seed, "tango_synthetic", question_types, split)
+    params = check_args(num_videos, num_frames, size, fps, seed, "tango_synthetic", question_types, split)
     spec = SceneSpec(size=params["size"], num_frames=params["num_frames"], fps=params["fps"])
     return [make_doc(i, spec=spec, seed=params["seed"], question_types=params["question_types"], split=split)
             for i in range(start, start + params["num_videos"])]
@@ -742,7 +742,7 @@ def ensure_synthetic_task(
     """
     from filelock import FileLock
 
-    params = _check_args(num_videos, num_frames, size, fps, seed, task_name, question_types, split)
+    params = check_args(num_videos, num_frames, size, fps, seed, task_name, question_types, split)
     out_dir = Path(out_dir).expanduser().resolve()
     expected = _expected_manifest(params, out_dir)
     if _is_current(out_dir, expected):  # fast path, no lock: a folder with a manifest is complete

@@ -38,6 +38,11 @@ class Selection:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+class SampleError(ValueError):
+    """One sample this method cannot process as configured (e.g. a video too short for DyCoke's frame pairs). The
+    harness records it as that sample's error (scored wrong, counted in the record) and goes on with the run."""
+
+
 def check_budget(budget: float) -> float:
     """Return ``budget`` as a float, or raise if it is outside (0, 1]."""
     budget = float(budget)
@@ -93,6 +98,11 @@ class PruningMethod:
             The kept tokens with their source indices and realized counts.
         """
         raise NotImplementedError
+
+    def check_feasible(self, budget: float, num_frames: int) -> None:
+        """Raise ``ValueError`` naming the values if this method cannot run at ``budget`` with at most
+        ``num_frames`` sampled frames per video. Called when a run is composed, before any model loads; the default
+        accepts everything."""
 
     def hparams(self) -> dict:
         """Hyperparameters as a flat dict, for result rows."""

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+from tango.methods.base import PruningMethod, SampleError, Selection, check_budget, identity_selection
 
 ANCHOR, PASS1, PASS2 = 0, 1, 2
 
@@ -76,8 +76,8 @@ def ttm_schedule(num_frames: int, drop_odd_last_frame: bool = True) -> tuple[Ten
         ``N_used = N - N % 2`` when ``drop_odd_last_frame`` (the reference), else ``N``.
     """
     n_used = num_frames - num_frames % 2 if drop_odd_last_frame else num_frames
-    if n_used < 2:
-        raise ValueError(
+    if n_used < 2:  # a per-sample error: a video can decode to fewer frames than the config asks for (fps sampling)
+        raise SampleError(
             f"dycoke needs at least 2 frames, got num_frames={num_frames} (drop_odd_last_frame={drop_odd_last_frame})"
         )
     f = torch.arange(n_used)
@@ -208,6 +208,11 @@ class DyCoke(PruningMethod):
             raise ValueError(f"kv_prune_ratio={self.kv_prune_ratio!r} is outside the valid range [0, 1)")
         if not 0.0 <= self.kv_threshold <= 1.0:
             raise ValueError(f"kv_threshold={self.kv_threshold!r} is outside the valid range [0, 1]")
+
+    def check_feasible(self, budget: float, num_frames: int) -> None:
+        """TTM pairs frames: at most ``num_frames`` sampled frames must give at least 2 used ones."""
+        if check_budget(budget) < 1.0:
+            ttm_schedule(num_frames, self.drop_odd_last_frame)
 
     def plan(self, num_frames: int, tokens_per_frame: int, budget: float) -> dict:
         """Per-frame counts and regime for ``budget`` (see module doc); no tensors involved."""

@@ -97,6 +97,10 @@ class FastV(PruningMethod):
         if not 1 <= self.layer < self.num_layers:
             raise ValueError(f"layer={self.layer!r} is outside the valid range [1, num_layers-1={self.num_layers - 1}]")
 
+    def check_feasible(self, budget: float, num_frames: int) -> None:
+        """Layers 0..K-1 see every visual token: the budget must exceed ``K / num_layers``."""
+        fastv_keep_fraction(check_budget(budget), self.layer, self.num_layers)
+
     def plan(self, n_visual: int, budget: float) -> dict:
         """Keep fraction, kept count and per-layer visual counts for ``n_visual`` tokens; raises if infeasible."""
         f = fastv_keep_fraction(budget, self.layer, self.num_layers)

@@ -18,7 +18,7 @@ leaves it). Example::
 
     python scripts/prepare_data.py download videomme --data-root "$TANGO_DATA"   # online machine
     python scripts/prepare_data.py verify videomme --data-root "$TANGO_DATA"
-    python -m tango.tasks --data-root "$TANGO_DATA"          # -> $TANGO_CACHE/tasks/local (the configs' include_path)
+    python -m tango.tasks --data-root "$TANGO_DATA"   # -> $TANGO_CACHE/tasks/local/<digest> (the configs' include_path)
     python run.py model=llava_ov method=tango task=videomme_local
 
     from lmms_eval.tasks import TaskManager
@@ -33,16 +33,16 @@ from tango.tasks.layout import (
     resolve_benchmark,
     video_path,
 )
-from tango.tasks.writer import MANIFEST, local_task_names, write_local_tasks
+from tango.tasks.writer import MANIFEST, local_task_names, source_digest, write_local_tasks
 
 __all__ = ["BENCHMARKS", "MANIFEST", "Benchmark", "default_out_dir", "find_annotations", "local_task_names",
-           "resolve_benchmark", "video_path", "write_local_tasks"]
+           "resolve_benchmark", "source_digest", "video_path", "write_local_tasks"]
 
 
-def default_out_dir() -> str:
-    """``$TANGO_CACHE/tasks/local`` (default ``~/.cache/tango-harness/tasks/local``): the ``include_path`` of
-    ``configs/task/*_local.yaml``."""
+def default_out_dir(data_root: str) -> str:
+    """``$TANGO_CACHE/tasks/local/<source_digest(data_root)>`` (cache default ``~/.cache/tango-harness``): the
+    ``include_path`` that ``configs/task/*_local.yaml`` give the tasks of ``data_root``."""
     import os
 
     cache = os.environ.get("TANGO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tango-harness")
-    return os.path.join(cache, "tasks", "local")
+    return os.path.join(cache, "tasks", "local", source_digest(data_root))

@@ -176,7 +176,7 @@ def find_annotations(bench: Benchmark, data_root: str | os.PathLike, subtask: st
 def video_path(bench_key: str, doc: dict, video_dir: str, subtask: str | None = None) -> str:
     """The video file of ``doc``: the same path rule as the built-in ``doc_to_visual``, rooted at ``video_dir``
     (the benchmark's video folder, absolute). Returns the preferred path even if it does not exist, so a missing
-    file is reported by the harness's ``check_videos`` instead of ending the process (the built-ins ``sys.exit``)."""
+    file is reported by the harness's ``check_docs`` instead of ending the process (the built-ins ``sys.exit``)."""
     if bench_key == "videomme":
         base = os.path.join(video_dir, doc["videoID"])
         for ext in (".mp4", ".MP4", ".mkv"):

@@ -147,10 +147,16 @@ def test_local_task_configs_match_the_builtin_configs(monkeypatch, tmp_path):
     from tango.config import compose
 
     monkeypatch.setenv("TANGO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TANGO_DATA", str(tmp_path / "data"))
     for local, builtin in CONFIGS.items():
         cfg = compose([f"task={local}"]).task
         ref = yaml.safe_load((ROOT / "configs" / "task" / f"{builtin}.yaml").read_text())
-        assert cfg.name == local and cfg.include_path == default_out_dir() == str(tmp_path / "cache/tasks/local")
+        assert cfg.data_root == str(tmp_path / "data")
+        # One generated folder per data root: runs on other data never rewrite the tasks this one evaluates.
+        assert cfg.include_path == default_out_dir(cfg.data_root)
+        assert Path(cfg.include_path).parent == tmp_path / "cache/tasks/local"
+        assert compose([f"task={local}", f"task.data_root={tmp_path}/other"]).task.include_path != cfg.include_path
+        assert compose([f"task={local}", f"task.data_root={tmp_path}/x/../data"]).task.include_path == cfg.include_path
         assert (cfg.metric, cfg.metric_scale) == (ref["metric"], ref["metric_scale"])
         assert cfg.lmms_task == resolve_benchmark(builtin).local_task
 
@@ -298,13 +304,13 @@ def test_real_prompts_and_local_video_paths(evaluated):
 
 @pytest.mark.tiny
 def test_harness_check_videos_finds_missing_files(evaluated):
-    from tango.eval import missing_videos
+    from tango.eval import doc_problems
 
-    assert missing_videos(LOCAL_TASKS, evaluated.tm) == []
+    assert doc_problems(LOCAL_TASKS, evaluated.tm) == ([], [])
     gone = Path(evaluated.videos["longvideobench_val_v"][2])
     moved = gone.with_suffix(".bak")
     gone.rename(moved)
     try:
-        assert missing_videos(["longvideobench_val_v_local"], evaluated.tm) == [str(gone)]
+        assert doc_problems(["longvideobench_val_v_local"], evaluated.tm) == ([str(gone)], [])
     finally:
         moved.rename(gone)
