@@ -13,6 +13,7 @@ methods that prune inside the LLM).
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -98,6 +99,19 @@ class PruningMethod:
             The kept tokens with their source indices and realized counts.
         """
         raise NotImplementedError
+
+    def decoder_hooks(self, decoder, budget: float) -> AbstractContextManager[dict]:
+        """The hooks this method attaches to the LLM decoder for one request, as a context manager that always
+        detaches and yields a state dict (``keep`` / ``layer`` when positions are dropped at prefill, ``steps`` /
+        ``pruned_steps`` for decode-time selection; the adapter reads them for the token and FLOPs counts).
+
+        Args:
+            decoder: the adapter's :class:`tango.hooks.DecoderView` (layers, visual span, attention-row helper).
+            budget: in (0, 1); the adapter never calls this at budget 1, where every method is the identity.
+
+        The default attaches nothing (pre-LLM methods). Build in-LLM stages from the primitives in
+        :mod:`tango.hooks` (``drop_tokens_after``, ``restrict_decode_attention``)."""
+        return nullcontext({})
 
     def check_feasible(self, budget: float, num_frames: int) -> None:
         """Raise ``ValueError`` naming the values if this method cannot run at ``budget`` with at most

@@ -269,5 +269,23 @@ class DyCoke(PruningMethod):
         return kv_select(attn, prev, image_start=image_start, image_len=image_len, prune_ratio=self.kv_prune_ratio,
                          threshold=self.kv_threshold)
 
+    def decoder_hooks(self, decoder, budget: float):
+        """Stage 2: at each decode step, layers ``>= kv_layer`` attend to the KV entries :meth:`kv_select` keeps
+        (the previous step's attention carried over, as the reference does)."""
+        from contextlib import nullcontext
+
+        from tango.hooks import restrict_decode_attention
+
+        if not self.kv_pruning:
+            return nullcontext({})
+        start, length = self.kv_image_span(decoder.visual_start, decoder.visual_len)
+        prev: dict = {"attn": None}
+
+        def select(row):
+            step = self.kv_select(row, prev["attn"], image_start=start, image_len=length)
+            prev["attn"] = step.image_attn
+            return step.keep
+        return restrict_decode_attention(decoder.layers, self.kv_layer, select, attention_row=decoder.attention_row)
+
 
 __all__ = ["DyCoke", "KVStep", "kv_select", "ttm_indices", "ttm_schedule"]

@@ -123,5 +123,14 @@ class FastV(PruningMethod):
         keep = self.plan(image_len, budget)["num_keep"]
         return fastv_select(attn, image_start=image_start, image_len=image_len, num_keep=keep)
 
+    def decoder_hooks(self, decoder, budget: float):
+        """Drop the visual positions not selected by layer ``K-1``'s last-token attention from layer ``K`` on."""
+        from tango.hooks import drop_tokens_after
+
+        decoder.require_layers(self.num_layers, self.name)
+        return drop_tokens_after(decoder.layers, self.layer, lambda row: self.select(
+            row, image_start=decoder.visual_start, image_len=decoder.visual_len, budget=budget),
+            attention_row=decoder.attention_row)
+
 
 __all__ = ["FastV", "fastv_keep_fraction", "fastv_layer_counts", "fastv_num_keep", "fastv_select"]

@@ -214,6 +214,27 @@ class Tango(PruningMethod):
         """Inner-LLM prune + merge with this config; see :func:`tango.methods.tango_ops.inner_llm_merge`."""
         return inner_llm_merge(hidden, attn, keep=self.inner_keep, weight=self.inner_merge_weight)
 
+    def decoder_hooks(self, decoder, budget: float):
+        """LLaVA-Video (``inner_llm``): at layer ``inner_layer``, prune the visual span by layer ``K-1``'s head-mean
+        last-token attention and merge the dropped tokens into the kept ones (:meth:`inner_llm_select`)."""
+        from contextlib import nullcontext
+
+        from tango.hooks import drop_tokens_after
+
+        if not self.inner_llm_active(budget):
+            return nullcontext({})
+        decoder.require_layers(self.num_layers, self.name)
+        start = decoder.visual_start
+        end = start + decoder.visual_len
+
+        def transform(h, row):
+            local, merged = self.inner_llm_select(h[:, start:end], row.mean(0)[start:end])
+            pos = torch.arange(h.shape[1], device=h.device)
+            keep = torch.cat([pos[:start], local + start, pos[end:]])
+            return keep, torch.cat([h[:, :start], merged.to(h.dtype), h[:, end:]], dim=1)
+        return drop_tokens_after(decoder.layers, self.inner_layer, transform=transform,
+                                 attention_row=decoder.attention_row)
+
     def tokens_layer_avg(self, n_visual: int) -> float:
         """Visual tokens averaged over decoder layers when ``n_visual`` span tokens enter the LLM."""
         if not self.inner_llm:

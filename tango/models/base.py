@@ -115,15 +115,21 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
         ``(text, stats, per_layer)``: the answer, the per-request figures, and the sequence length per decoder
         layer (an int when every layer sees the same length) for the FLOPs count.
     """
-    from tango.models.inllm import method_hooks
+    from contextlib import nullcontext
 
-    layers = model.model.language_model.layers
+    from tango.hooks import DecoderView
+
+    lm = model.model.language_model
+    layers = lm.layers
     span = torch.nonzero(ids[0] == video_token_id)[:, 0]
+    decoder = DecoderView(layers, lm.config.model_type, visual_start=int(span[0]), visual_len=n_vis)
+    # At budget 1 every method is the identity: nothing is attached, so the run equals the unhooked model.
+    hooks = method.decoder_hooks(decoder, budget) if budget < 1.0 else nullcontext({})
     marks: list = []
-    hook = model.model.language_model.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
+    hook = lm.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
     t_llm = sw.now()
     try:
-        with method_hooks(method, layers, image_start=int(span[0]), image_len=n_vis, budget=budget) as state:
+        with hooks as state:
             out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
                                  max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
     finally:

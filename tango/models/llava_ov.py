@@ -6,8 +6,8 @@ as many video placeholders as kept tokens + the single newline -> ``generate``. 
 contiguously, as LLaVA's own pre-LLM pruning does. With every token kept this is bit-exact with
 ``model.generate(**processor_inputs)`` (tested).
 
-In-LLM methods (FastV) select at decoder layer K from a recomputed attention row and drop positions for layers >= K
-through hooks (``tango.models.inllm``), keeping original positions. ``tokens_layer_avg`` records the visual tokens
+In-LLM stages (FastV, DyCoke's KV stage, Tango's LLaVA-Video stage) are the method's own ``decoder_hooks`` on the
+:class:`~tango.hooks.DecoderView` this adapter describes; dropped positions keep their original positions. ``tokens_layer_avg`` records the visual tokens
 averaged over decoder layers, the quantity ``budget`` means for them.
 
 Attention source for methods that need one (Tango): the SigLIP attention-pooling head's probe attention, averaged

@@ -16,8 +16,9 @@ to ``max(kept positions) + 1 - S'`` as well, which is what the model itself woul
 loop with a cache also continues correctly. With every token kept this is bit-exact with
 ``model.generate(**processor_inputs)`` (tested).
 
-In-LLM methods (FastV) reuse ``tango.models.inllm``: the M-RoPE ``(cos, sin)`` the text layers receive are already
-combined to ``(B, S, head_dim)``, so gathering them by kept position keeps each token's original 3-D rotation.
+In-LLM stages are the method's own ``decoder_hooks`` (:mod:`tango.hooks`): the M-RoPE ``(cos, sin)`` the text layers
+receive are already combined to ``(B, S, head_dim)``, so gathering them by kept position keeps each token's original
+3-D rotation.
 
 Attention source ``pooling_head`` (Tango, methods-tango.md §2.2 "Qwen2.5-VL"): in the last full-attention ViT block
 (``fullatt_block_indexes[-1]``) a forward hook recomputes queries and keys from that block's ``qkv`` projection and

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tango.models.inllm import drop_tokens_after
+from tango.hooks import drop_tokens_after
 
 pytestmark = pytest.mark.tiny
 
@@ -123,7 +123,7 @@ def test_fastv_through_the_adapter_keeps_the_layer_averaged_budget(tiny_llava_di
 
 
 def test_decode_restriction_keeping_everything_is_bit_exact(model, embeds):
-    from tango.models.inllm import restrict_decode_attention
+    from tango.hooks import restrict_decode_attention
 
     with torch.inference_mode():
         ref = model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False, output_logits=True,
@@ -143,7 +143,7 @@ def test_decode_restriction_matches_a_masked_recompute(tiny_llava_dir, embeds):
     layer L on."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from tango.models.inllm import restrict_decode_attention
+    from tango.hooks import restrict_decode_attention
 
     eager = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_dir, attn_implementation="eager").eval()
     layers = eager.model.language_model.layers
@@ -189,3 +189,38 @@ def test_dycoke_through_the_adapter_runs_both_stages(tiny_llava_dir):
     gen = adapter.generate(adapter.prepare(clip, "q"), clip, method, 0.5, max_new_tokens=4)
     assert gen.stats["tokens_out"] < 256 and gen.stats["method/regime"] in ("ttm", "ttm_cap")
     assert gen.stats["kv_steps"] == gen.stats["new_tokens"] - 1 and gen.stats["kv_pruned_steps"] >= 1
+
+
+@pytest.mark.parametrize("family", ["llava_ov", "qwen2_5_vl"])  # llava_video shares llava_ov's decoder class
+def test_every_familys_attention_row_equals_its_eager_attention(family, tiny_llava_dir, tiny_qwen_dir):
+    """The row in-LLM methods select from, through the helper ``DecoderView`` picks by ``config.model_type``."""
+    from tango.hooks import DecoderView
+    from tango.models.base import load_adapter
+
+    path = tiny_llava_dir if family == "llava_ov" else tiny_qwen_dir
+    adapter = load_adapter(family, pretrained=str(path), device=torch.device("cpu"), dtype="float32",
+                           attn_implementation="eager")
+    lm = adapter.model.model.language_model
+    view = DecoderView(lm.layers, lm.config.model_type, visual_start=0, visual_len=1)
+    torch.manual_seed(0)
+    embeds = torch.randn(1, 24, lm.config.hidden_size)
+    rows = {}
+
+    def select(row):
+        rows["row"] = row
+        return torch.arange(row.shape[-1])
+
+    with torch.inference_mode():
+        ref = lm(inputs_embeds=embeds, output_attentions=True).attentions
+        for k in (1, len(lm.layers) - 1):
+            with drop_tokens_after(view.layers, k, select, attention_row=view.attention_row):
+                lm(inputs_embeds=embeds)
+            torch.testing.assert_close(rows["row"], ref[k - 1][0, :, -1].float(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_decoder_without_an_attention_row_helper_is_an_error(model):
+    from tango.hooks import DecoderView
+
+    view = DecoderView(model.model.language_model.layers, "qwen3", visual_start=0, visual_len=4)
+    with pytest.raises(NotImplementedError, match="no attention-row helper for decoder model_type='qwen3'"):
+        view.attention_row

@@ -1,27 +1,36 @@
-"""In-LLM token dropping on Qwen2-style decoders through module hooks (no patched model code).
+"""Decoder hooks for methods that act inside the LLM (no patched model code), and what they see of the decoder.
 
-At prefill, a forward hook on ``layers[K-1].self_attn`` recomputes one attention row (the last prompt token's query
-against that layer's RoPE'd, cached keys), so every layer keeps its SDPA / FA2 kernel; a selection function turns
-the row into the sequence positions kept from layer ``K`` on. Forward pre-hooks on layers ``>= K`` then slice the
-hidden states (layer ``K``), the RoPE ``(cos, sin)`` and any tensor mask to those positions, so kept tokens keep
-their **original** positions. Layers ``< K`` keep the full KV cache, layers ``>= K`` the pruned one; decoding
-continues from the unpruned length (``generate``'s ``position_ids``). Handles are always removed on exit.
-Batch 1 (the harness answers one request at a time).
+A method with an in-LLM stage implements ``PruningMethod.decoder_hooks(decoder, budget)`` with the primitives here:
+
+- :func:`drop_tokens_after` -- at prefill, a forward hook on ``layers[K-1].self_attn`` recomputes one attention row
+  (the last prompt token's query against that layer's cached, position-encoded keys), so every layer keeps its SDPA /
+  FA2 kernel; a selection function turns the row into the positions kept from layer ``K`` on. Forward pre-hooks on
+  layers ``>= K`` slice the hidden states (layer ``K``), the rotary ``(cos, sin)`` and any tensor mask to those
+  positions, so kept tokens keep their **original** positions. Layers ``< K`` keep the full KV cache, layers ``>= K``
+  the pruned one; decoding continues from the unpruned length (``generate``'s ``position_ids``).
+- :func:`restrict_decode_attention` -- decode-time KV selection through an attention mask.
+
+The adapter describes its decoder with a :class:`DecoderView`: the layers, the visual span, and the attention-row
+helper of its architecture (``ATTENTION_ROWS``, keyed by ``config.model_type``; an architecture without one is an
+error, never a Qwen2 guess). Handles are always removed on exit. Batch 1 (the harness answers one request at a time).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 
-def last_token_attention(attn_mod, kwargs: dict) -> Tensor:
-    """``[H, S]`` attention of the last position over all ``S`` positions in ``attn_mod``'s layer, in fp32.
+def qwen2_attention_row(attn_mod, kwargs: dict) -> Tensor:
+    """``[H, S]`` attention of the last position over all ``S`` positions in a Qwen2-style layer (q/k projections
+    with bias, rotary embedding from the layer's ``position_embeddings``, grouped KV heads), in fp32.
 
-    Called after the layer's forward: its keys (post-RoPE) are already in the cache."""
+    Called after the layer's forward: its keys (post-RoPE) are already in the cache. Qwen2.5-VL's text layers get
+    their M-RoPE ``(cos, sin)`` already expanded, so the same rotation applies."""
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
 
     hs = kwargs["hidden_states"]
@@ -36,6 +45,51 @@ def last_token_attention(attn_mod, kwargs: dict) -> Tensor:
         k, _ = apply_rotary_pos_emb(k, k, cos, sin)
     k = repeat_kv(k, attn_mod.num_key_value_groups)
     return torch.softmax((q @ k.transpose(-1, -2)).float() * attn_mod.scaling, dim=-1)[0, :, 0]
+
+
+#: ``config.model_type`` of a decoder -> its attention-row helper ``(self_attn module, forward kwargs) -> [H, S]``.
+#: Each entry is tested against the eager attention of its family (tests/models/test_inllm.py).
+ATTENTION_ROWS: dict[str, Callable[[torch.nn.Module, dict], Tensor]] = {
+    "qwen2": qwen2_attention_row,               # LLaVA-OneVision, LLaVA-Video
+    "qwen2_5_vl_text": qwen2_attention_row,     # Qwen2.5-VL
+}
+
+
+
+@dataclass
+class DecoderView:
+    """What a method's decoder hooks see of the loaded LLM, built by the adapter per request.
+
+    Attributes:
+        layers: the decoder layers (``nn.ModuleList``), each with a ``self_attn``.
+        model_type: the decoder's ``config.model_type`` (picks the attention-row helper).
+        visual_start: position of the first visual token in the prompt the LLM sees.
+        visual_len: number of prunable visual positions from ``visual_start`` (layout tokens after them are never
+            dropped).
+    """
+
+    layers: torch.nn.ModuleList
+    model_type: str
+    visual_start: int
+    visual_len: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def attention_row(self) -> Callable[[torch.nn.Module, dict], Tensor]:
+        if self.model_type not in ATTENTION_ROWS:
+            raise NotImplementedError(
+                f"no attention-row helper for decoder model_type={self.model_type!r}; in-LLM methods need one "
+                f"(tango.hooks.ATTENTION_ROWS: {sorted(ATTENTION_ROWS)})")
+        return ATTENTION_ROWS[self.model_type]
+
+    def require_layers(self, num_layers: int, method: str) -> None:
+        """A method whose budget mapping assumed ``num_layers`` decoder layers must run on such a decoder."""
+        if num_layers != self.num_layers:
+            raise ValueError(f"method.num_layers={num_layers} but this model's decoder has {self.num_layers} layers; "
+                             f"set it in configs/model_method/<model>_{method}.yaml")
 
 
 @contextmanager
@@ -53,11 +107,13 @@ def _attached(layers, k: int, on_row, pre):
 
 @contextmanager
 def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor] | None = None,
-                      transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None):
+                      transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+                      attention_row: Callable[[torch.nn.Module, dict], Tensor] = qwen2_attention_row):
     """Drop sequence positions from decoder layer ``k`` on, chosen at prefill by ``select(row [H, S]) -> keep [S']``
     (sorted long positions), or by ``transform(hidden [1, S, D], row) -> (keep [S'], hidden [1, S', D])`` when the
-    kept hidden states are also rewritten (Tango / HoliTom merge the dropped tokens into the kept ones). Yields a
-    dict that receives ``keep``, ``seq_len`` and ``layer`` once prefill has run."""
+    kept hidden states are also rewritten (Tango / HoliTom merge the dropped tokens into the kept ones). ``row`` comes
+    from ``attention_row`` (``DecoderView.attention_row``). Yields a dict that receives ``keep``, ``seq_len`` and
+    ``layer`` once prefill has run."""
     if not 1 <= k < len(layers):
         raise ValueError(f"in-LLM layer K={k} is outside the valid range [1, {len(layers) - 1}] for this decoder")
     if (select is None) == (transform is None):
@@ -67,7 +123,7 @@ def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor] | None 
     def on_row(mod, args, kwargs, out):
         if "row" not in state:  # the first call of this context is the prefill
             state["seq_len"] = kwargs["hidden_states"].shape[1]
-            state["row"] = last_token_attention(mod, kwargs)
+            state["row"] = attention_row(mod, kwargs)
             if select is not None:
                 state["keep"] = select(state["row"])
 
@@ -100,7 +156,8 @@ def drop_tokens_after(layers, k: int, select: Callable[[Tensor], Tensor] | None 
 
 
 @contextmanager
-def restrict_decode_attention(layers, k: int, select: Callable[[Tensor], Tensor | None]):
+def restrict_decode_attention(layers, k: int, select: Callable[[Tensor], Tensor | None],
+                              attention_row: Callable[[torch.nn.Module, dict], Tensor] = qwen2_attention_row):
     """Decode-time KV selection (DyCoke stage 2): at every decode step, ``select(row [H, S])`` on layer ``k-1``'s
     attention row of the new token over the whole cache returns the positions layers ``>= k`` may attend to (or
     None: the full cache). The cache itself stays whole, as in the reference; the selection is applied as an
@@ -114,7 +171,7 @@ def restrict_decode_attention(layers, k: int, select: Callable[[Tensor], Tensor 
         if kwargs["hidden_states"].shape[1] != 1:  # prefill: stage 2 acts on decode steps only
             state["step_keep"] = None
             return
-        state["step_keep"] = select(last_token_attention(mod, kwargs))
+        state["step_keep"] = select(attention_row(mod, kwargs))
         state["steps"] += 1
         state["pruned_steps"] += state["step_keep"] is not None
 
@@ -140,47 +197,3 @@ def restrict_decode_attention(layers, k: int, select: Callable[[Tensor], Tensor 
 
     with _attached(layers, k, on_row, pre):
         yield state
-
-
-def method_hooks(method, layers, *, image_start: int, image_len: int, budget: float):
-    """The decoder hooks a method needs, as a context manager yielding its state dict.
-
-    Args:
-        image_start / image_len: the prunable visual span in the prompt the LLM sees.
-    """
-    if method.stage == "pre_llm" or budget >= 1.0:  # at budget 1 every method is the identity
-        return nullcontext({})
-    if method.stage == "in_llm" and hasattr(method, "select"):  # FastV: drop at layer K
-        if method.num_layers != len(layers):
-            raise ValueError(f"method.num_layers={method.num_layers} but this model's decoder has {len(layers)} "
-                             f"layers; set it in configs/model_method/<model>_{method.name}.yaml")
-        return drop_tokens_after(layers, method.layer, lambda row: method.select(
-            row, image_start=image_start, image_len=image_len, budget=budget))
-    if method.stage == "both" and hasattr(method, "kv_select"):  # DyCoke: TTM before, KV selection while decoding
-        if not method.kv_pruning:
-            return nullcontext({})
-        start, length = method.kv_image_span(image_start, image_len)
-        prev: dict = {"attn": None}
-
-        def select(row):
-            step = method.kv_select(row, prev["attn"], image_start=start, image_len=length)
-            prev["attn"] = step.image_attn
-            return step.keep
-        return restrict_decode_attention(layers, method.kv_layer, select)
-    if method.stage == "both" and hasattr(method, "inner_llm_select"):  # Tango on LLaVA-Video: prune + merge at K
-        if method.num_layers != len(layers):
-            raise ValueError(f"method.num_layers={method.num_layers} but this model's decoder has {len(layers)} "
-                             f"layers; set it in configs/model_method/<model>_{method.name}.yaml")
-        if not method.inner_llm_active(budget):
-            return nullcontext({})
-        end = image_start + image_len
-
-        def transform(h, row):
-            local, merged = method.inner_llm_select(h[:, image_start:end], row.mean(0)[image_start:end])
-            pos = torch.arange(h.shape[1], device=h.device)
-            keep = torch.cat([pos[:image_start], local + image_start, pos[end:]])
-            return keep, torch.cat([h[:, :image_start], merged.to(h.dtype), h[:, end:]], dim=1)
-        return drop_tokens_after(layers, method.inner_layer, transform=transform)
-    raise NotImplementedError(
-        f"method {method.name!r} acts inside the LLM in a way this adapter does not wire yet (stage "
-        f"{method.stage!r}; e.g. Tango's LLaVA-Video inner stage)")
