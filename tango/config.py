@@ -103,9 +103,15 @@ class Config:
     run_key: str = "${run_key:}"          # <model>__<method>__b<budget>__<task>__s<seed>[__limit<n>]
 
 
+def effective_budget(cfg: Any) -> float:
+    """The budget a run uses: ``cfg.budget``, except ``method=none``, which runs at 1 (all tokens) whatever is asked,
+    so that a sweep's ``none`` at several budgets is one cell."""
+    return 1.0 if cfg["method"]["name"] == "none" else float(cfg["budget"])
+
+
 def run_key(cfg: Any) -> str:
-    """Deterministic name of a run's directory. ``none`` always runs at budget 1 (all tokens)."""
-    budget = 1.0 if cfg.method.name == "none" else float(cfg.budget)
+    """Deterministic name of a run's directory (its budget: :func:`effective_budget`)."""
+    budget = effective_budget(cfg)
     key = f"{cfg.model.name}__{cfg.method.name}__b{budget:g}__{cfg.task.name}__s{cfg.seed}"
     return key + (f"__limit{cfg.limit}" if cfg.limit is not None else "")
 
@@ -129,7 +135,7 @@ def validate(cfg: Any) -> None:
     this budget and frame count, the task's data. Runs before anything loads; raises :class:`ConfigError`."""
     from tango.data.synthetic import check_args as check_synthetic
     from tango.methods.base import check_budget
-    from tango.models.base import ADAPTERS, PLANNED
+    from tango.models.base import ADAPTERS
     from tango.video import BACKENDS
 
     def choice(key: str, value, valid) -> None:
@@ -148,7 +154,7 @@ def validate(cfg: Any) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     m = cfg.model
-    choice("model.family", m.family, [*ADAPTERS, *PLANNED])
+    choice("model.family", m.family, list(ADAPTERS))
     at_least("model.num_frames", m.num_frames, 1)
     if m.fps is not None and not m.fps > 0:
         raise ConfigError(f"model.fps={m.fps!r} must be > 0 (or null: {m.num_frames} uniform frames)")
@@ -237,8 +243,7 @@ def identity(cfg: Any) -> dict:
     if task.get("synthetic") is not None or task.get("data_root") is not None:
         # A generated task's folder is named after its data source under the cache dir: where it lies is not data.
         out["task"] = {k: v for k, v in task.items() if k != "include_path"}
-    if out["method"]["name"] == "none":  # `none` runs at budget 1 whatever is asked, as its run key says
-        out["budget"] = 1.0
+    out["budget"] = effective_budget(out)
     return out
 
 
@@ -286,6 +291,33 @@ def _source_digest(source: Any) -> str:
     if isinstance(source, (DictConfig, ListConfig)):
         source = OmegaConf.to_container(source, resolve=True)
     return source_digest(source)
+
+
+def register_method(cls: type) -> type:
+    """Add a method to ``tango.methods.METHODS`` and to the ``method`` config group, so ``method=<cls.name>``
+    composes (and runs through ``run.py``'s code path) without a YAML file. Usable as a class decorator.
+
+    ``cls``: a dataclass subclass of :class:`tango.methods.base.PruningMethod` whose ``name`` field default is the
+    registry key; per-model settings still go to ``configs/model_method/<model>_<name>.yaml`` if any."""
+    import dataclasses
+
+    from tango.methods.base import PruningMethod
+
+    if not (isinstance(cls, type) and issubclass(cls, PruningMethod) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"{cls!r} is not a dataclass subclass of tango.methods.base.PruningMethod")
+    name = next(f.default for f in dataclasses.fields(cls) if f.name == "name")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name == "base":
+        raise ValueError(f"{cls.__name__}.name={name!r}: give the dataclass a `name: str = \"<key>\"` field, "
+                         f"lower_snake_case")
+    if METHODS.get(name, cls) is not cls:
+        raise ValueError(f"method name {name!r} is taken by {METHODS[name].__qualname__}; "
+                         f"registered: {sorted(METHODS)}")
+    METHODS[name] = cls
+    cs = ConfigStore.instance()
+    cs.store(group="schema/method", name=name, node=cls)
+    if not (CONFIG_DIR / "method" / f"{name}.yaml").exists():  # a shipped method's YAML is its config entry
+        cs.store(group="method", name=name, node=cls)
+    return cls
 
 
 def register() -> None:

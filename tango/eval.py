@@ -75,6 +75,15 @@ class PrunedVideoLM(lmms):
                 answers.append(gen.text)
         return answers
 
+    def answer(self, video: str, question: str, max_new_tokens: int | None = None) -> str:
+        """One answer, outside lmms-eval: decode ``video`` as a run would, prune, generate. Per-request figures
+        (tokens, latency) are in ``self.last_stats``."""
+        clip = read_clip(video, self.num_frames, backend=self.video_backend, fps=self.fps)
+        gen = self.adapter.generate(self.adapter.prepare(clip, question), clip, self.method, self.budget,
+                                    max_new_tokens=max_new_tokens or self.max_new_tokens)
+        self.last_stats = gen.stats
+        return gen.text
+
     def loglikelihood(self, requests):
         raise NotImplementedError("loglikelihood is not supported: the video benchmarks use generate_until")
 
@@ -86,41 +95,11 @@ class PrunedVideoLM(lmms):
         pass
 
 
-class HarnessLM(PrunedVideoLM):
-    """Built from harness config overrides, for the lmms-eval CLI:
-    ``python -m lmms_eval --model tango_harness --model_args model=llava_ov,method=tango,budget=0.1 --tasks ...``.
-    Any other ``key=value`` in ``model_args`` is passed on as a config override (e.g. ``model.num_frames=16``)."""
-
-    def __init__(self, model: str = "tiny_llava_ov", method: str = "none", budget: float = 1.0,
-                 device: str = "auto", batch_size: int | str = 1, **overrides):
-        from hydra.errors import HydraException
-        from omegaconf import OmegaConf
-
-        from tango.config import ConfigError, compose, validate
-        from tango.models.base import resolve_device
-        from tango.runner import build_lm
-
-        # lmms-eval's CLI catches every Exception from here and exits 0: a bad argument leaves as SystemExit(2),
-        # which it does not catch, after one line that names the value and the valid ones.
-        try:
-            if str(batch_size) != "1":
-                raise ConfigError(f"batch_size={batch_size!r}; the harness answers requests one at a time (valid: 1)")
-            cfg = compose([f"model={model}", f"method={method}", f"budget={budget}", f"device={device}",
-                           *(f"{k}={v}" for k, v in overrides.items())])
-            validate(cfg)
-        except (ConfigError, HydraException) as e:
-            print(f"[tango] error in --model_args: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from e
-        m = OmegaConf.to_object(cfg.method)
-        lm = build_lm(cfg, m, 1.0 if m.name == "none" else float(cfg.budget), resolve_device(cfg.device))
-        self.__dict__.update(lm.__dict__)
-
-
 #: lmms-eval entry point (pyproject: [project.entry-points."lmms_eval.models"]).
 def manifests():
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return [ModelManifest(model_id="tango_harness", simple_class_path="tango.eval.HarnessLM")]
+    return [ModelManifest(model_id="tango_harness", simple_class_path="tango.api.HarnessLM")]
 
 
 class _Probe(dict):

@@ -26,7 +26,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from tango.config import ConfigError, config_hash, identity, identity_diff, validate
+from tango.config import ConfigError, config_hash, effective_budget, identity, identity_diff, validate
 from tango.environment import lock_status
 from tango.loggers import CsvSink, build_sinks
 from tango.records import CONFIG, FAILED, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
@@ -51,13 +51,10 @@ def run(cfg: DictConfig) -> float | None:
         if done is not None and done.get("status") == "ok":  # never touch a finished run's folder or row
             return None
         run_dir.mkdir(parents=True, exist_ok=True)
-        budget = 1.0 if cfg.method.name == "none" else float(cfg.budget)
-        _record_failure(cfg, run_dir, _cell(cfg, cfg.method.name, budget), e, build_sinks(cfg.logger))
+        _record_failure(cfg, run_dir, _cell(cfg, cfg.method.name, effective_budget(cfg)), e, build_sinks(cfg.logger))
         return None
-    budget = float(cfg.budget)
+    budget = effective_budget(cfg)
     method = OmegaConf.to_object(cfg.method)
-    if method.name == "none":
-        budget = 1.0
     if cfg.dry_run:
         return _print_plan(cfg, method, budget, run_dir)
     # The same cell submitted twice at once (e.g. `none` at several budgets in one job array) runs once.
@@ -141,6 +138,7 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
+    from tango.api import build_lm
     from tango.eval import check_docs
     from tango.models.base import resolve_device
 
@@ -157,7 +155,7 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
     tm = TaskManager(include_path=task.include_path) if task.include_path else TaskManager()
     check_docs([task.lmms_task], tm, cfg.limit)
     device = resolve_device(cfg.device)
-    lm = build_lm(cfg, method, budget, device)
+    lm = build_lm(cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     results = simple_evaluate(model=lm, tasks=[task.lmms_task], task_manager=tm, limit=cfg.limit,
@@ -206,19 +204,6 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
     record["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         platform.processor() or platform.machine())
     return record, samples
-
-
-def build_lm(cfg: DictConfig, method, budget: float, device: torch.device):
-    """The lmms-eval model for ``cfg``: the model's adapter + ``method`` at ``budget``."""
-    from tango.eval import PrunedVideoLM
-    from tango.models.base import load_adapter
-
-    m = cfg.model
-    extra = {"pooling_head": m.pooling_head} if m.pooling_head else {}
-    adapter = load_adapter(m.family, pretrained=m.pretrained, device=device, dtype=m.dtype,
-                           attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed, **extra)
-    return PrunedVideoLM(adapter, method, budget, num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend,
-                         max_new_tokens=m.max_new_tokens)
 
 
 def _accuracy(results: dict, task) -> tuple[float | None, float | None]:

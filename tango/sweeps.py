@@ -115,9 +115,10 @@ def record_failure(overrides: list[str], error: str) -> Path | None:
     run_dir = Path(cfg.paths.results_dir) / "runs" / cfg.run_key
     if Cell(tuple(overrides), cfg.run_key, run_dir).done:
         return None
-    method = OmegaConf.to_object(cfg.method)
-    budget = 1.0 if method.name == "none" else float(cfg.budget)
-    failed = {**_identity(cfg, method, budget), "status": "failed", "error": error, "wall_s": None}
+    from tango.config import effective_budget
+
+    failed = {**_identity(cfg, OmegaConf.to_object(cfg.method), effective_budget(cfg)), "status": "failed",
+              "error": error, "wall_s": None}
     write_json(run_dir / FAILED, failed)
     if cfg.logger.get("csv") is not None:
         upsert_csv(cfg.logger.csv.path, failed)

@@ -79,29 +79,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tango.methods import METHODS
+
 # ---------------------------------------------------------------------------------------------------- vocabulary
 BENCHMARKS = ["videomme", "mlvu", "longvideobench", "mvbench"]
 TASK_NAMES = {"videomme": "VideoMME", "mlvu": "MLVU", "longvideobench": "LongVideoBench", "mvbench": "MVBench",
               "synthetic": "Synthetic", "synthetic_pruning": "Synthetic (pruning types)", "avg": "Avg"}
 SYNTHETIC = ["synthetic", "synthetic_pruning"]  # offline tasks: one table (+ per-type plot) each
-METHOD_ORDER = ["none", "fastv", "visionzip", "dycoke", "tango"]
-METHOD_NAMES = {"none": "Full tokens", "fastv": "FastV", "visionzip": "VisionZip", "dycoke": "DyCoke",
-                "tango": "Tango"}
+# Methods: order, names and colours come from the registry (each method's display_name / color).
+METHOD_ORDER = list(METHODS)
+METHOD_NAMES = {name: cls.display_name or name for name, cls in METHODS.items()}
 MODEL_ORDER = ["llava_ov", "llava_video", "qwen2_5_vl", "tiny_llava_ov_trained", "tiny_llava_ov", "tiny_qwen2_5_vl"]
 MODEL_NAMES = {"llava_ov": "LLaVA-OV-7B", "llava_video": "LLaVA-Video-7B", "qwen2_5_vl": "Qwen2.5-VL-7B",
                "tiny_llava_ov": "tiny LLaVA-OV (random weights)",
                "tiny_llava_ov_trained": "tiny LLaVA-OV (trained on the synthetic task)",
                "tiny_qwen2_5_vl": "tiny Qwen2.5-VL (random weights)"}
-# One colour per method, the same in every plot (Okabe-Ito, colour-blind safe); unknown methods get grey shades.
-METHOD_COLORS = {"none": "#000000", "fastv": "#E69F00", "visionzip": "#56B4E9", "dycoke": "#009E73",
-                 "tango": "#D55E00"}
+# One colour per method, the same in every plot (Okabe-Ito, colour-blind safe); methods without one get grey shades.
+METHOD_COLORS = {name: cls.color for name, cls in METHODS.items() if cls.color}
 KEY = ["model", "method", "budget", "task", "seed", "num_frames", "variant"]
 MISSING_MD, MISSING_TEX, FAILED_MARK = "–", "--", "†"
 FLOPS_COLUMNS = [("tflops_prefill", 1.0), ("prefill_tflops", 1.0), ("prefill_flops", 1e-12), ("prefill_gflops", 1e-3)]
 
 
 def method_name(m: str) -> str:
-    return METHOD_NAMES.get(m, str(m))
+    cls = METHODS.get(m)  # the live registry: methods registered after import (register_method) included
+    return (cls.display_name if cls is not None and cls.display_name else None) or METHOD_NAMES.get(m, str(m))
 
 
 def model_name(m: str) -> str:
@@ -113,8 +115,8 @@ def task_name(t: str) -> str:
 
 
 def method_color(m: str) -> str:
-    if m in METHOD_COLORS:
-        return METHOD_COLORS[m]
+    if m in METHODS and METHODS[m].color:
+        return METHODS[m].color
     greys = ["#666666", "#999999", "#CC79A7", "#0072B2", "#F0E442"]
     return greys[sum(map(ord, str(m))) % len(greys)]
 

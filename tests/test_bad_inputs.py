@@ -48,7 +48,7 @@ def test_run_refuses_before_anything_loads(bad, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("bad", [b for b in CATALOGUE if b.kind == "lmms_eval"], ids=_row_id)
 def test_lmms_eval_model_args_exit_2_with_one_line(bad, capsys):
-    from tango.eval import HarnessLM
+    from tango.api import HarnessLM
 
     with pytest.raises(SystemExit) as e:  # lmms-eval catches every Exception from the model's constructor
         HarnessLM.create_from_arg_string(bad.given)

@@ -4,13 +4,12 @@ import itertools
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 import tango.config  # noqa: F401
 from tango.methods import METHODS, PruningMethod
+from tango.models.base import ADAPTERS
 
 from conftest import ROOT, run_cli
 
@@ -23,18 +22,14 @@ def choices(group: str) -> list[str]:
 
 
 def load(overrides=()):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)  # the paths interpolate ${hydra:runtime.cwd}
-        with open_dict(cfg):
-            del cfg["hydra"]
-        OmegaConf.resolve(cfg)
-        return cfg
+    return tango.config.compose(overrides)
 
 
 def test_groups_are_complete():
-    assert set(choices("method")) == set(METHODS) == {"none", "tango", "fastv", "visionzip", "dycoke"}
-    assert {"tiny_llava_ov", "tiny_qwen2_5_vl", "llava_ov", "llava_video", "qwen2_5_vl"} <= set(choices("model"))
+    shipped = {name for name, cls in METHODS.items() if cls.__module__.startswith("tango.methods.")}
+    assert set(choices("method")) == shipped and {"none", "tango"} <= shipped  # a YAML per shipped method
+    for family in ADAPTERS:  # every family: its full-size model and a tiny one for the CPU tests
+        assert {family, f"tiny_{family}"} <= set(choices("model"))
     assert {"synthetic", "videomme", "mlvu", "longvideobench", "mvbench"} <= set(choices("task"))
 
 
@@ -113,3 +108,15 @@ def test_trained_tiny_model_and_pruning_task():
     from tango.data.synthetic import QUESTION_TYPES
 
     assert set(cfg.task.synthetic.question_types) <= set(QUESTION_TYPES)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "model_method").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_model_method_file_changes_the_method(path):
+    """A per-model method file that sets only defaults is dead config: it would hide which settings matter."""
+    model, method = next((path.stem[: -len(m) - 1], m) for m in METHODS if path.stem.endswith(f"_{m}"))
+    assert model in choices("model"), f"{path.name}: no model config {model!r}"
+    composed = OmegaConf.to_container(load([f"model={model}", f"method={method}"]).method)
+    settings = OmegaConf.to_container(OmegaConf.load(path))
+    assert settings and all(composed[k] == v for k, v in settings.items())
+    defaults = OmegaConf.to_container(load([f"model={model}", f"method={method}", "~model_method@method"]).method)
+    assert any(defaults[k] != v for k, v in settings.items()), f"{path.name} only restates defaults"

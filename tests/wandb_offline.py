@@ -1,6 +1,6 @@
 """Read a W&B offline run (``run-<id>.wandb``) back without the network, for tests.
 
-The file is a LevelDB-style log of protobuf ``Record``s (docs: environment.md §7.2). This depends on wandb's
+The file is a LevelDB-style log of protobuf ``Record``s (wandb's ``sdk/internal/datastore.py``). This depends on wandb's
 internal format, so wandb is pinned and ``test_wandb_header`` fails loudly if the header changes.
 """
 

@@ -9,13 +9,14 @@ from tango.methods.fastv import FastV
 from tango.methods.tango import Tango
 from tango.methods.visionzip import VisionZip
 
-#: name -> method dataclass. The key is the config file name under configs/method/.
+#: name -> method dataclass. The key is the config file name under configs/method/; the order is the tables' order.
+#: Methods defined elsewhere join with ``tango.register_method``.
 METHODS: dict[str, type[PruningMethod]] = {
     "none": NoPruning,
-    "tango": Tango,
     "fastv": FastV,
     "visionzip": VisionZip,
     "dycoke": DyCoke,
+    "tango": Tango,
 }
 
 

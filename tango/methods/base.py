@@ -12,7 +12,6 @@ methods that prune inside the LLM).
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -73,6 +72,10 @@ class PruningMethod:
     #: attention-pooling head's probe attention, Tango/FastVID) or ``"last_layer"`` (attention received in the last
     #: vision layer, with that layer's keys as ``metric``, VisionZip). Ignored unless ``needs_attention``.
     attention_source: ClassVar[str] = "pooling_head"
+    #: name in tables and plots (default: the registry key).
+    display_name: ClassVar[str] = ""
+    #: colour in plots, the same in every figure (default: a grey shade).
+    color: ClassVar[str] = ""
 
     def prune(
         self,
@@ -118,9 +121,6 @@ class PruningMethod:
         ``num_frames`` sampled frames per video. Called when a run is composed, before any model loads; the default
         accepts everything."""
 
-    def hparams(self) -> dict:
-        """Hyperparameters as a flat dict, for result rows."""
-        return dataclasses.asdict(self)
 
 
 def identity_selection(x: Tensor) -> Selection:

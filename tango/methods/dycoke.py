@@ -28,8 +28,8 @@ Budget mapping (``budget`` = fraction of the ``N * L`` tokens entering the LLM),
 - ``"ttm_k"``: ``merging_ratio`` (the reference's ``dycoke_k``) is set: ``keep = int((1 - k) * L)`` and ``budget`` is
   only checked (``budget == 1`` still returns the input); k = 0.7 keeps 3098 / 6272 tokens at N = 32.
 
-Stage 2, decode-time KV selection (:func:`kv_select`; the adapter calls it at every decode step at layer
-``kv_layer`` and gathers the cache of layers ``>= kv_layer``): the decode token's attention row at layer
+Stage 2, decode-time KV selection (:func:`kv_select`; :meth:`DyCoke.decoder_hooks` calls it at every decode step
+at layer ``kv_layer`` and gathers the cache of layers ``>= kv_layer``): the decode token's attention row at layer
 ``kv_layer - 1``, averaged over heads, sliced to the video span; if its cosine with the previous step's slice is
 ``< kv_threshold`` (or there is no previous step), keep the top ``int(image_len * (1 - kv_prune_ratio))`` video
 tokens plus every non-video position; **otherwise nothing is pruned for that step** (the reference resets the
@@ -49,7 +49,7 @@ Intentional deviations from the reference:
   reference, which silently drops it.
 - :func:`kv_select` returns the kept positions sorted (the reference's are an unsorted top-k: same set; attention
   over a gathered cache does not depend on order), as a tensor instead of a Python list rebuilt in every layer.
-- The previous step's attention is state the adapter passes in and resets per sample; the reference keeps it on the
+- The previous step's attention is state the decoder hooks keep and reset per sample; the reference keeps it on the
   model, so the first step of a sample is compared with the last step of the previous one.
 """
 
@@ -187,7 +187,7 @@ class DyCoke(PruningMethod):
     merging_ratio: Optional[float] = None
     #: drop the last frame of an odd-length video, as the reference does.
     drop_odd_last_frame: bool = True
-    #: enable stage 2 (decode-time KV pruning); the adapter reads it.
+    #: enable stage 2 (decode-time KV pruning, :meth:`decoder_hooks`).
     kv_pruning: bool = True
     #: decoder layer L from which the KV cache is pruned; the signal is layer L-1's attention (``dycoke_l``).
     kv_layer: int = 3
@@ -197,6 +197,8 @@ class DyCoke(PruningMethod):
     kv_threshold: float = 0.9
 
     stage = "both"
+    display_name = "DyCoke"
+    color = "#009E73"  # Okabe-Ito
     needs_attention = False
 
     def __post_init__(self) -> None:

@@ -6,11 +6,12 @@ Reproduced: ``pkunlp-icler/FastV@d1659729b5bf1be225e99ee15783deeea80f63b1``, the
 ``src/FastV/llava-hf/transformers/src/transformers/models/llama/modeling_llama.py::LlamaModel.fastv_forward``
 (selection block at ``layer_idx == FASTV_k``). Parity is tested against that block (``tests/fixtures/fastv/``).
 
-In-LLM method: ``prune`` is the identity at the LLM input (it only checks feasibility and records the plan); the
-adapter calls :func:`fastv_select` before layer ``K`` and drops the hidden states of the unselected positions for
-layers ``>= K``, keeping **original** position ids (gather cos/sin by the kept positions). The signal is layer
-``K-1``'s attention row of the **last prompt token** over the full sequence, averaged over heads (recompute that one
-row by hand from the RoPE'd query/keys, GQA keys repeated, so SDPA/FA2 stay on; docs §1.2).
+In-LLM method: ``prune`` is the identity at the LLM input (it only checks feasibility and records the plan);
+:meth:`FastV.decoder_hooks` calls :func:`fastv_select` before layer ``K`` and drops the hidden states of the
+unselected positions for layers ``>= K``, keeping **original** position ids (gather cos/sin by the kept positions).
+The signal is layer ``K-1``'s attention row of the **last prompt token** over the full sequence, averaged over heads
+(that one row is recomputed from the RoPE'd query/keys, GQA keys repeated, so SDPA/FA2 stay on:
+``tango.hooks.ATTENTION_ROWS``).
 
 Budget mapping: ``budget`` is the layer-averaged visual-token fraction. With ``L = num_layers`` decoder layers and
 keep fraction ``f`` after layer ``K``, ``budget = (K + (L - K) * f) / L``, so ``f = (L * budget - K) / (L - K)``;
@@ -89,6 +90,8 @@ class FastV(PruningMethod):
     num_layers: int = 28
 
     stage = "in_llm"
+    display_name = "FastV"
+    color = "#E69F00"  # Okabe-Ito
     needs_attention = False
 
     def __post_init__(self) -> None:

@@ -13,6 +13,8 @@ from tango.methods.base import PruningMethod, Selection, check_budget, identity_
 class NoPruning(PruningMethod):
     name: str = "none"
     stage = "pre_llm"
+    display_name = "Full tokens"
+    color = "#000000"  # Okabe-Ito
 
     def prune(self, x: Tensor, *, budget: float = 1.0, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         check_budget(budget)

@@ -4,7 +4,7 @@ Reproduced: github.com/xjtupanda/Tango at commit ``cc815b6e6762f6cf54ae20fafefd4
 ``tango/pruner.py::tango_pruner``, ``tango/utils.py`` (``holitom_segmentation``, ``fastvid_segmentation``,
 ``dpc_knn``, ``tango_token_merger``, ``tango_compressor``, ``perform_cluster_merging``),
 ``llava/model/st_rope.py::SpatioTemporalRoPE`` and, for LLaVA-Video, the inner-LLM stage of
-``VLMEvalKit/.../intra_llm_pruning/fastv_tango.py``. Spec: ``docs/methods-tango.md`` (shared docs).
+``VLMEvalKit/.../intra_llm_pruning/fastv_tango.py`` (https://github.com/xjtupanda/Tango).
 
 Pipeline on ``x [N, L, D]`` (projected, pooled tokens) with saliency ``attn [N, L]`` (vision-encoder attention):
 
@@ -20,7 +20,7 @@ Pipeline on ``x [N, L, D]`` (projected, pooled tokens) with saliency ``attn [N, 
 5. kept tokens in original raster (frame-major, row-major) order.
 
 LLaVA-Video (``inner_llm=True``) adds a FastV-style prune + merge at decoder layer ``inner_layer``
-(:func:`~tango.methods.tango_ops.inner_llm_merge`, wired by the adapter); the pre-LLM ratio is then
+(:func:`~tango.methods.tango_ops.inner_llm_merge`, attached by :meth:`Tango.decoder_hooks`); the pre-LLM ratio is then
 ``28 r / 23`` (:func:`~tango.methods.tango_ops.pre_llm_ratio`, printed to 6 significant digits like the run
 script's ``awk``: 0.121739 at r = 0.1), so ``budget`` is the 28-layer average.
 
@@ -151,6 +151,8 @@ class Tango(PruningMethod):
     num_layers: int = 28
 
     stage = "pre_llm"
+    display_name = "Tango"
+    color = "#D55E00"  # Okabe-Ito
     needs_attention = True
 
     def __post_init__(self) -> None:
@@ -207,7 +209,7 @@ class Tango(PruningMethod):
         return 0.65 if budget <= 0.1 + 1e-9 else 0.8
 
     def inner_llm_active(self, budget: float) -> bool:
-        """Whether the adapter must run the inner-LLM stage (never at budget 1, which means no pruning at all)."""
+        """Whether the inner-LLM stage runs (never at budget 1, which means no pruning at all)."""
         return self.inner_llm and check_budget(budget) < 1.0
 
     def inner_llm_select(self, hidden: Tensor, attn: Tensor) -> tuple[Tensor, Tensor]:

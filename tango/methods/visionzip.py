@@ -127,6 +127,8 @@ class VisionZip(PruningMethod):
     sort_by_position: bool = False
 
     stage = "pre_llm"
+    display_name = "VisionZip"
+    color = "#56B4E9"  # Okabe-Ito
     needs_attention = True
     #: attention received in the last vision layer, with that layer's keys as ``metric`` (see the module doc)
     attention_source = "last_layer"

@@ -17,7 +17,6 @@ ADAPTERS = {
     "llava_video": "tango.models.llava_ov.LlavaVideo",
     "qwen2_5_vl": "tango.models.qwen2_5_vl.Qwen25VL",
 }
-PLANNED: tuple[str, ...] = ()  # families with config entries whose adapters have not landed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -89,11 +88,8 @@ def load_pretrained(model_cls, family: str, pretrained: str, device, dtype: str,
 
 def load_adapter(family: str, **kwargs):
     """Instantiate the adapter of model ``family`` (``configs/model/*.yaml: family``)."""
-    if family in PLANNED:
-        raise NotImplementedError(f"the adapter for model family {family!r} is not implemented yet; "
-                                  f"implemented: {sorted(ADAPTERS)}")
     if family not in ADAPTERS:
-        raise ValueError(f"unknown model family {family!r}; valid: {sorted(ADAPTERS) + list(PLANNED)}")
+        raise ValueError(f"unknown model family {family!r}; valid: {sorted(ADAPTERS)}")
     module, cls = ADAPTERS[family].rsplit(".", 1)
     return getattr(importlib.import_module(module), cls)(**kwargs)
 

@@ -15,12 +15,14 @@ Sources of the numbers (public, checked with the harness's code search; each is 
 - [SIG] SigLIP-so400m-patch14 dimensions (hidden 1152, intermediate 4304, 16 heads, 27 layers, patch 14) from
   github.com/pypi-data/pypi-mirror-367 ``kvmm/models/siglip/config.py`` (``SigLIPSo400mP14``); image size 384 from the
   checkpoint name ``google/siglip-so400m-patch14-384``; 26 of 27 layers in LLaVA-OV / llava-hf from
-  /work/shared/docs/methods-baselines.md §0.1 (LLaVA-NeXT ``siglip_encoder.py`` deletes the last layer) and
+  LLaVA-NeXT's ``llava/model/multimodal_encoder/siglip_encoder.py`` (github.com/LLaVA-VL/LLaVA-NeXT: it deletes
+  the last layer) and
   transformers 5.23's own ``LlavaOnevisionConfig()`` default vision config (26 layers, 1152 / 4304 / 16 heads,
   384 px, patch 14, ``vision_feature_layer=-1``, ``"full"``), whose docstring names
   ``llava-hf/llava-onevision-qwen2-7b-ov-hf``.
 - [OV] LLaVA-OV / LLaVA-Video facts (mlp2x_gelu projector 1152 -> 3584, bilinear 14x14 pooling + one newline for OV,
-  2x2 average pooling 13x13 + one newline per row for LLaVA-Video): methods-baselines.md §0.1-0.2.
+  2x2 average pooling 13x13 + one newline per row for LLaVA-Video): LLaVA-NeXT's ``llava/model/llava_arch.py``
+  (``get_2dPool``, ``add_token_per_grid`` / ``add_token_per_frame``) and the llava-hf ports in transformers 5.23.
 - [QVL] Qwen2.5-VL-7B-Instruct module print in github.com/acproject/duorou ``docs/qwen2.5vl_graph.md`` (also
   github.com/wujinggrt/DendronNote ``llm.Qwen2_5-VL.md``): vision depth 32, hidden 1280 (``Conv3d(3, 1280,
   kernel_size=(2, 14, 14))``), qkv 1280 -> 3840, gated MLP 1280 -> 3420, RMSNorm, merger 5120 -> 5120 -> 3584;

@@ -1,14 +1,14 @@
 """LLaVA-OneVision adapter (``LlavaOnevisionForConditionalGeneration``, transformers 5.23).
 
-Pre-LLM pruning path, public seams only (see docs transformers-seams.md §2.4, route B):
+Pre-LLM pruning path, public seams only (``get_video_features`` and ``inputs_embeds``; no patched code):
 vision tower -> projector -> bilinear pooling (``get_video_features``) -> method -> ``inputs_embeds`` with exactly
 as many video placeholders as kept tokens + the single newline -> ``generate``. Positions are re-indexed
 contiguously, as LLaVA's own pre-LLM pruning does. With every token kept this is bit-exact with
 ``model.generate(**processor_inputs)`` (tested).
 
 In-LLM stages (FastV, DyCoke's KV stage, Tango's LLaVA-Video stage) are the method's own ``decoder_hooks`` on the
-:class:`~tango.hooks.DecoderView` this adapter describes; dropped positions keep their original positions. ``tokens_layer_avg`` records the visual tokens
-averaged over decoder layers, the quantity ``budget`` means for them.
+:class:`~tango.hooks.DecoderView` this adapter describes; dropped positions keep their original positions.
+``tokens_layer_avg`` records the visual tokens averaged over decoder layers, the quantity ``budget`` means for them.
 
 Attention source for methods that need one (Tango): the SigLIP attention-pooling head's probe attention, averaged
 over heads and pooled like the features. It is read with a forward hook on ``vision_tower.head.attention`` while the

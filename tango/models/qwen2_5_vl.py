@@ -1,6 +1,6 @@
 """Qwen2.5-VL adapter (``Qwen2_5_VLForConditionalGeneration``, transformers 5.23).
 
-Pre-LLM pruning path, public seams only (docs transformers-seams.md §5.3, ``inputs_embeds`` variant):
+Pre-LLM pruning path, public seams only (``get_video_features`` and ``inputs_embeds``; no patched code):
 ViT + merger (``get_video_features``) -> ``x [N, L, D]`` with ``N = grid_t`` temporal patches (2 frames each) and
 ``L = (grid_h/2) * (grid_w/2)`` merged tokens -> method -> ``inputs_embeds`` with exactly as many video placeholders
 as kept tokens -> ``generate``.
@@ -20,10 +20,10 @@ In-LLM stages are the method's own ``decoder_hooks`` (:mod:`tango.hooks`): the M
 receive are already combined to ``(B, S, head_dim)``, so gathering them by kept position keeps each token's original
 3-D rotation.
 
-Attention source ``pooling_head`` (Tango, methods-tango.md §2.2 "Qwen2.5-VL"): in the last full-attention ViT block
-(``fullatt_block_indexes[-1]``) a forward hook recomputes queries and keys from that block's ``qkv`` projection and
-the rotary ``(cos, sin)`` it receives (the tower keeps its SDPA / FA2 kernel); per temporal patch all patch queries
-are averaged into one query per head, keys are averaged over each 2x2 merge unit (4 consecutive rows in window
+Attention source ``pooling_head`` (the Qwen2.5-VL path of https://github.com/xjtupanda/Tango): in the last
+full-attention ViT block (``fullatt_block_indexes[-1]``) a forward hook recomputes queries and keys from that block's
+``qkv`` projection and the rotary ``(cos, sin)`` it receives (the tower keeps its SDPA / FA2 kernel); per temporal
+patch all patch queries are averaged into one query per head, keys are averaged over each 2x2 merge unit (4 consecutive rows in window
 order), ``softmax(q k^T / sqrt(d))`` over that temporal patch's merged tokens, mean over heads, then the window
 permutation is undone -> ``attn [N, L]``. Unlike the reference (bf16 matmul), means and softmax run in fp32.
 Attention source ``last_layer`` (VisionZip), from the same hook: attention received per patch within its temporal

@@ -5,7 +5,8 @@ LongVideoBench val (video) and MVBench (20 subtasks), a task YAML that ``include
 prompts, ``process_results`` and aggregation are the real ones) and swaps the dataset for the local annotation file
 and the video paths for the local video folder. ``out_dir`` is then the ``include_path`` of a ``TaskManager``.
 
-Built-in task -> local task: results key (filter ``none``), scale (lmms-eval.md section 2.3):
+Built-in task -> local task: results key (filter ``none``), scale (from the built-in tasks'
+``process_results`` / ``aggregation`` in lmms-eval 0.7.3):
 
 - ``videomme`` -> ``videomme_local``: ``videomme_perception_score``, 0-100 micro accuracy;
 - ``mlvu_dev`` -> ``mlvu_dev_local``: ``mlvu_percetion_score`` (sic), 0-100 macro over the 7 task types;

@@ -1,7 +1,7 @@
 """A real single-node SLURM cluster on localhost for tests: slurmctld + slurmd + slurmdbd on MariaDB (so ``sacct``
 works, which submitit needs to notice crashed jobs), started by hand without systemd, stopped by PID.
 
-Recipe: ../shared/docs/slurm-ci.md. Everything lives in one scratch folder: configs (``SLURM_CONF`` points at it,
+Everything lives in one scratch folder: configs (``SLURM_CONF`` points at it,
 ``/etc/slurm`` is not touched), state, logs, a private MariaDB data directory; ports are picked free, so it does not
 collide with another cluster or database on the machine. Every wait is bounded.
 

@@ -194,7 +194,7 @@ def _reply(task: str, doc_id: int, doc: dict) -> str:
             "longvideobench_val_v_local": f"{letter}."}.get(task, f"({letter})")
 
 
-EXPECTED = {  # metric on the task's own scale (lmms-eval.md section 2.3)
+EXPECTED = {  # metric on the task's own scale (lmms-eval 0.7.3's aggregations)
     "videomme_local": 100 * 2 / 3,                      # micro accuracy, 0-100
     "mlvu_dev_local": (50 + 100 + 100) / 7,             # macro over the 7 dev types (4 absent -> 0), 0-100
     "longvideobench_val_v_local": 0.75,                 # 0-1
