@@ -11,7 +11,6 @@ The **zero-overhead bound** of a method is the same model fed a pre-drawn random
 
 from __future__ import annotations
 
-import importlib
 import math
 import statistics
 import subprocess
@@ -23,10 +22,11 @@ import torch
 from torch import Tensor
 
 from tango.methods.base import PruningMethod, Selection, check_budget
+from tango.models.base import ADAPTERS, adapter_class
 
 #: family -> name of its model config (``configs/model/<name>.yaml``) for full-size and smoke (tiny) runs.
-MODEL_NAMES = {"llava_ov": "llava_ov", "llava_video": "llava_video", "qwen2_5_vl": "qwen2_5_vl"}
-TINY_MODEL_NAMES = {"llava_ov": "tiny_llava_ov", "llava_video": "tiny_llava_video", "qwen2_5_vl": "tiny_qwen2_5_vl"}
+MODEL_NAMES = {family: family for family in ADAPTERS}
+TINY_MODEL_NAMES = {family: f"tiny_{family}" for family in ADAPTERS}
 
 FIELDS = [
     "date", "model", "family", "method", "variant", "budget", "frames", "frame_hw",
@@ -78,13 +78,6 @@ class RandomSubset(PruningMethod):
 
 # ---- building adapters -----------------------------------------------------------------------------------------------
 
-def adapter_class(family: str):
-    from tango.models.base import ADAPTERS
-
-    module, cls = ADAPTERS[family].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)
-
-
 def adapter_from_model(family: str, model, processor, device):
     """The adapter of ``family`` around an already-built ``model`` and ``processor`` (its ``from_model``), so every
     attribute the adapter derives from the model is derived by the adapter's own code."""
@@ -111,7 +104,7 @@ def build_tiny_adapter(family: str, cache_dir, device="cpu", attn_implementation
     from transformers import AutoProcessor
 
     from tango.models.full_configs import model_class
-    from tango.models.tiny import ensure_tiny_checkpoint
+    from tango.models.base import ensure_tiny_checkpoint
 
     path = ensure_tiny_checkpoint(family, Path(cache_dir) / "models" / TINY_MODEL_NAMES[family], seed=seed)
     model = model_class(family).from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)

@@ -89,11 +89,20 @@ SYNTHETIC = ["synthetic", "synthetic_pruning"]  # offline tasks: one table (+ pe
 # Methods: order, names and colours come from the registry (each method's display_name / color).
 METHOD_ORDER = list(METHODS)
 METHOD_NAMES = {name: cls.display_name or name for name, cls in METHODS.items()}
-MODEL_ORDER = ["llava_ov", "llava_video", "qwen2_5_vl", "tiny_llava_ov_trained", "tiny_llava_ov", "tiny_qwen2_5_vl"]
-MODEL_NAMES = {"llava_ov": "LLaVA-OV-7B", "llava_video": "LLaVA-Video-7B", "qwen2_5_vl": "Qwen2.5-VL-7B",
-               "tiny_llava_ov": "tiny LLaVA-OV (random weights)",
-               "tiny_llava_ov_trained": "tiny LLaVA-OV (trained on the synthetic task)",
-               "tiny_qwen2_5_vl": "tiny Qwen2.5-VL (random weights)"}
+
+
+def _model_vocabulary() -> tuple[list[str], dict[str, str]]:
+    """Model order and names from the adapters' specs: each family's full-size model, the trained tiny checkpoint
+    (shipped), then each family's tiny random one."""
+    from tango.models.base import ADAPTERS, family_spec
+
+    full = {f: family_spec(f).display_name for f in ADAPTERS}
+    tiny = {f"tiny_{f}": f"tiny {name.removesuffix('-7B')} (random weights)" for f, name in full.items()}
+    names = {**full, "tiny_llava_ov_trained": "tiny LLaVA-OV (trained on the synthetic task)", **tiny}
+    return list(names), names
+
+
+MODEL_ORDER, MODEL_NAMES = _model_vocabulary()
 # One colour per method, the same in every plot (Okabe-Ito, colour-blind safe); methods without one get grey shades.
 METHOD_COLORS = {name: cls.color for name, cls in METHODS.items() if cls.color}
 KEY = ["model", "method", "budget", "task", "seed", "num_frames", "variant"]

@@ -26,14 +26,14 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(cache_dir) -> Path:
-    from tango.models.tiny import ensure_tiny_checkpoint
+    from tango.models.base import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint("llava_ov", cache_dir / "models" / "tiny_llava_ov")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(cache_dir) -> Path:
-    from tango.models.tiny import ensure_tiny_checkpoint
+    from tango.models.base import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint("qwen2_5_vl", cache_dir / "models" / "tiny_qwen2_5_vl")
 

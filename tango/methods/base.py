@@ -112,8 +112,12 @@ class PruningMethod:
             decoder: the adapter's :class:`tango.hooks.DecoderView` (layers, visual span, attention-row helper).
             budget: in (0, 1); the adapter never calls this at budget 1, where every method is the identity.
 
-        The default attaches nothing (pre-LLM methods). Build in-LLM stages from the primitives in
+        The default attaches nothing, for pre-LLM methods; a method whose ``stage`` says it acts inside the LLM must
+        override it (never silently run as pre-LLM only). Build in-LLM stages from the primitives in
         :mod:`tango.hooks` (``drop_tokens_after``, ``restrict_decode_attention``)."""
+        if self.stage != "pre_llm":
+            raise NotImplementedError(f"method {self.name!r} has stage {self.stage!r} (it acts inside the LLM) but "
+                                      f"does not implement decoder_hooks")
         return nullcontext({})
 
     def check_feasible(self, budget: float, num_frames: int) -> None:

@@ -8,15 +8,60 @@ listing or composing configs never imports a model.
 from __future__ import annotations
 
 import importlib
+import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
+from filelock import FileLock
 
+#: family -> its adapter class (lazy dotted path: listing or composing configs imports no model). The only list of
+#: families: tests, benchmarks and tables derive theirs from it and from each adapter's :class:`FamilySpec`.
 ADAPTERS = {
     "llava_ov": "tango.models.llava_ov.LlavaOneVision",
     "llava_video": "tango.models.llava_ov.LlavaVideo",
     "qwen2_5_vl": "tango.models.qwen2_5_vl.Qwen25VL",
 }
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What the harness knows about a model family, held by its adapter class (``Adapter.spec``).
+
+    Attributes:
+        display_name: the full-size model's name in tables (``"LLaVA-OV-7B"``).
+        hf_class: the transformers class of its checkpoints.
+        hub_id: the full-size checkpoint on the hub.
+        full_config: ``(offline_ids=False) -> config``: the full-size architecture as a transformers config, typed
+            in (no download); ``offline_ids`` uses the special-token ids of ``offline_processor``.
+        offline_processor: ``() -> processor`` with the real visual sizes and the offline byte tokenizer.
+        build_tiny: ``(out_dir, seed=0) -> Path``: a tiny random checkpoint of the architecture, for CPU tests.
+
+    The adapter's own code holds the rest of the family: prompt layout, the visual span it hands to methods, its
+    attention sources and its analytical FLOPs (``Generation.stats``).
+    """
+
+    display_name: str
+    hf_class: str
+    hub_id: str
+    full_config: Callable[..., Any]
+    offline_processor: Callable[[], Any]
+    build_tiny: Callable[..., Any]
+
+
+def adapter_class(family: str) -> type:
+    """The adapter class of model ``family``; an unknown family lists the valid ones."""
+    if family not in ADAPTERS:
+        raise ValueError(f"unknown model family {family!r}; valid: {sorted(ADAPTERS)}")
+    module, cls = ADAPTERS[family].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)
+
+
+def family_spec(family: str) -> FamilySpec:
+    return adapter_class(family).spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,8 +118,6 @@ def load_pretrained(model_cls, family: str, pretrained: str, device, dtype: str,
     from transformers import AutoProcessor
 
     if tiny:
-        from tango.models.tiny import ensure_tiny_checkpoint
-
         ensure_tiny_checkpoint(family, pretrained, seed=seed)
     try:
         model = model_cls.from_pretrained(pretrained, dtype=resolve_dtype(dtype),
@@ -86,12 +129,31 @@ def load_pretrained(model_cls, family: str, pretrained: str, device, dtype: str,
     return model.to(torch.device(device)).eval(), processor
 
 
+def ensure_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build the tiny checkpoint of ``family`` (its adapter's ``spec.build_tiny``) at ``out_dir`` unless it is there;
+    safe under concurrent callers."""
+    from tango.models.tiny import MARKER, TINY_VERSION
+
+    build = family_spec(family).build_tiny
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stamp = {"family": family, "seed": seed, "version": TINY_VERSION}
+    with FileLock(str(out_dir) + ".lock"):
+        marker = out_dir / MARKER
+        if not marker.exists() or json.loads(marker.read_text()) != stamp:
+            if out_dir.exists():  # an older recipe or another seed: rebuild (only ever a tiny checkpoint)
+                if not marker.exists():
+                    raise FileExistsError(f"{out_dir} exists but is not a tiny checkpoint built by the harness; "
+                                          "refusing to overwrite it")
+                shutil.rmtree(out_dir)
+            build(out_dir, seed=seed)
+            marker.write_text(json.dumps(stamp))
+    return out_dir
+
+
 def load_adapter(family: str, **kwargs):
     """Instantiate the adapter of model ``family`` (``configs/model/*.yaml: family``)."""
-    if family not in ADAPTERS:
-        raise ValueError(f"unknown model family {family!r}; valid: {sorted(ADAPTERS)}")
-    module, cls = ADAPTERS[family].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    return adapter_class(family)(**kwargs)
 
 
 def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, method, budget: float, video_token_id: int,

@@ -54,11 +54,6 @@ from __future__ import annotations
 
 import math
 
-FAMILIES = ("llava_ov", "llava_video", "qwen2_5_vl")
-HF_IDS = {"llava_ov": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-          "llava_video": "llava-hf/LLaVA-Video-7B-Qwen2-hf",
-          "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct"}
-
 # Qwen2-7B text model [Q2] (LLaVA-OV-7B and LLaVA-Video-7B are built on it; Qwen2.5-VL-7B's text model has the same
 # dimensions [QVL]).
 QWEN2_7B_TEXT = dict(
@@ -160,23 +155,20 @@ def qwen2_5_vl_7b_config(offline_ids: bool = False):
     return Qwen2_5_VLConfig(text_config=text, vision_config=dict(QWEN25_VL_7B_VISION), **ids)
 
 
-BUILDERS = {"llava_ov": llava_ov_7b_config, "llava_video": llava_video_7b_config, "qwen2_5_vl": qwen2_5_vl_7b_config}
-MODEL_CLASSES = {"llava_ov": "LlavaOnevisionForConditionalGeneration",
-                 "llava_video": "LlavaOnevisionForConditionalGeneration",
-                 "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
-
-
 def full_config(family: str, offline_ids: bool = False, **kwargs):
-    """The 7B config of ``family``; ``offline_ids`` makes its special-token ids those of :func:`build_processor`."""
-    if family not in BUILDERS:
-        raise ValueError(f"unknown model family {family!r}; valid: {list(BUILDERS)}")
-    return BUILDERS[family](offline_ids=offline_ids, **kwargs)
+    """The full-size config of ``family`` (its adapter's ``spec.full_config``); ``offline_ids`` makes its
+    special-token ids those of :func:`build_processor`."""
+    from tango.models.base import family_spec
+
+    return family_spec(family).full_config(offline_ids=offline_ids, **kwargs)
 
 
 def model_class(family: str):
     import transformers
 
-    return getattr(transformers, MODEL_CLASSES[family])
+    from tango.models.base import family_spec
+
+    return getattr(transformers, family_spec(family).hf_class)
 
 
 def meta_model(family: str, **kwargs):
@@ -193,47 +185,48 @@ def param_count(model) -> int:
 
 
 def build_processor(family: str):
-    """Offline processor with the real visual sizes and the byte-level tokenizer (use with ``offline_ids=True``).
+    """Offline processor with the real visual sizes and the byte-level tokenizer (use with ``offline_ids=True``);
+    the adapter's ``spec.offline_processor``."""
+    from tango.models.base import family_spec
 
-    LLaVA: 384 x 384 frames (``LlavaOnevisionVideoProcessor``), 729 patches per image. Qwen2.5-VL:
-    ``Qwen2VLVideoProcessor`` with its defaults (``shortest_edge`` 128*28*28, ``longest_edge`` 768*28*28 pixels per
-    frame, the qwen-vl-utils ``VIDEO_MIN_PIXELS`` / ``VIDEO_MAX_PIXELS``), patch 14, merge 2, temporal patch 2."""
+    return family_spec(family).offline_processor()
+
+
+def llava_processor():
+    """LLaVA-OV / LLaVA-Video: 384 x 384 frames (``LlavaOnevisionVideoProcessor``), 729 patches per image."""
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
     from tango.models.tiny import CHAT_TEMPLATE, byte_tokenizer
 
-    if family in ("llava_ov", "llava_video"):
-        from transformers import (
-            LlavaOnevisionImageProcessor,
-            LlavaOnevisionProcessor,
-            LlavaOnevisionVideoProcessor,
-        )
+    side, patch = SIGLIP_SO400M_26["image_size"], SIGLIP_SO400M_26["patch_size"]
+    pinpoints = [[side * i, side * j] for i in range(1, 7) for j in range(1, 7)]
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size={"height": side, "width": side},
+                                                     image_grid_pinpoints=pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": side, "width": side}),
+        tokenizer=byte_tokenizer("llava"), num_image_tokens=(side // patch) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>")
+                                   .replace("{{ image_placeholder }}", "<image>"))
 
-        side, patch = SIGLIP_SO400M_26["image_size"], SIGLIP_SO400M_26["patch_size"]
-        pinpoints = [[side * i, side * j] for i in range(1, 7) for j in range(1, 7)]
-        return LlavaOnevisionProcessor(
-            image_processor=LlavaOnevisionImageProcessor(size={"height": side, "width": side},
-                                                         image_grid_pinpoints=pinpoints),
-            video_processor=LlavaOnevisionVideoProcessor(size={"height": side, "width": side}),
-            tokenizer=byte_tokenizer("llava"), num_image_tokens=(side // patch) ** 2,
-            vision_feature_select_strategy="full",
-            chat_template=CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>")
-                                       .replace("{{ image_placeholder }}", "<image>"))
-    if family == "qwen2_5_vl":
-        from transformers import (
-            Qwen2_5_VLProcessor,
-            Qwen2VLImageProcessor,
-            Qwen2VLVideoProcessor,
-        )
 
-        v = QWEN25_VL_7B_VISION
-        pix = dict(patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
-                   merge_size=v["spatial_merge_size"])
-        return Qwen2_5_VLProcessor(
-            image_processor=Qwen2VLImageProcessor(**pix), video_processor=Qwen2VLVideoProcessor(**pix),
-            tokenizer=byte_tokenizer("qwen"),
-            chat_template=CHAT_TEMPLATE
-            .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
-            .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
-    raise ValueError(f"unknown model family {family!r}; valid: {list(BUILDERS)}")
+def qwen2_5_vl_processor():
+    """Qwen2.5-VL: ``Qwen2VLVideoProcessor`` with its defaults (``shortest_edge`` 128*28*28, ``longest_edge``
+    768*28*28 pixels per frame, the qwen-vl-utils ``VIDEO_MIN_PIXELS`` / ``VIDEO_MAX_PIXELS``), patch 14, merge 2,
+    temporal patch 2."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    from tango.models.tiny import CHAT_TEMPLATE, byte_tokenizer
+
+    v = QWEN25_VL_7B_VISION
+    pix = dict(patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
+               merge_size=v["spatial_merge_size"])
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pix), video_processor=Qwen2VLVideoProcessor(**pix),
+        tokenizer=byte_tokenizer("qwen"),
+        chat_template=CHAT_TEMPLATE
+        .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
+        .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
 
 
 # ---- visual token counts (analytical, from the config) --------------------------------------------------------------
@@ -269,15 +262,3 @@ def qwen_video_grid(config, frames: int, height: int, width: int,
 def qwen_video_tokens(config, frames: int, height: int, width: int, **kwargs) -> int:
     t, h, w = qwen_video_grid(config, frames, height, width, **kwargs)
     return t * h * w // config.vision_config.spatial_merge_size ** 2
-
-
-def prefill_flops(family: str, config, frames: int, tokens_per_layer, grid_thw=None, with_head: bool = True):
-    """Analytical prefill FLOPs (``tango.flops`` conventions): vision + projector + LLM for the given per-layer
-    sequence lengths (an int: the whole prompt at every layer)."""
-    if family in ("llava_ov", "llava_video"):
-        from tango.flops import llava_ov_prefill_flops
-
-        return llava_ov_prefill_flops(config, frames, tokens_per_layer, with_head=with_head)
-    from tango.models.qwen2_5_vl import qwen2_5_vl_prefill_flops
-
-    return qwen2_5_vl_prefill_flops(config, grid_thw, tokens_per_layer)

@@ -26,13 +26,18 @@ import torch.nn.functional as F
 
 from tango.flops import llava_ov_prefill_flops
 from tango.methods.base import PruningMethod
-from tango.models.base import Generation, VideoAdapter, load_pretrained, prefill_and_decode
+from tango.models import full_configs
+from tango.models.base import FamilySpec, Generation, VideoAdapter, load_pretrained, prefill_and_decode
+from tango.models.tiny import build_tiny_llava_ov
 from tango.timing import Stopwatch
 from tango.video import Clip
 
 
 class LlavaOneVision(VideoAdapter):
     family = "llava_ov"
+    spec = FamilySpec(display_name="LLaVA-OV-7B", hf_class="LlavaOnevisionForConditionalGeneration",
+                      hub_id="llava-hf/llava-onevision-qwen2-7b-ov-hf", full_config=full_configs.llava_ov_7b_config,
+                      offline_processor=full_configs.llava_processor, build_tiny=build_tiny_llava_ov)
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0,
@@ -220,6 +225,9 @@ class LlavaVideo(LlavaOneVision):
     """
 
     family = "llava_video"
+    spec = FamilySpec(display_name="LLaVA-Video-7B", hf_class="LlavaOnevisionForConditionalGeneration",
+                      hub_id="llava-hf/LLaVA-Video-7B-Qwen2-hf", full_config=full_configs.llava_video_7b_config,
+                      offline_processor=full_configs.llava_processor, build_tiny=build_tiny_llava_ov)
 
     def _setup(self, model, processor, device) -> None:
         super()._setup(model, processor, device)

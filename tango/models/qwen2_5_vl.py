@@ -39,7 +39,9 @@ import torch
 
 from tango.flops import _get, llm_prefill_flops
 from tango.methods.base import PruningMethod
-from tango.models.base import Generation, VideoAdapter, load_pretrained, prefill_and_decode
+from tango.models import full_configs
+from tango.models.base import FamilySpec, Generation, VideoAdapter, load_pretrained, prefill_and_decode
+from tango.models.tiny import build_tiny_qwen2_5_vl
 from tango.timing import Stopwatch
 from tango.video import Clip
 
@@ -48,6 +50,9 @@ VIDEO_TYPE = 2  # mm_token_type_ids: 0 text, 1 image, 2 video
 
 class Qwen25VL(VideoAdapter):
     family = "qwen2_5_vl"
+    spec = FamilySpec(display_name="Qwen2.5-VL-7B", hf_class="Qwen2_5_VLForConditionalGeneration",
+                      hub_id="Qwen/Qwen2.5-VL-7B-Instruct", full_config=full_configs.qwen2_5_vl_7b_config,
+                      offline_processor=full_configs.qwen2_5_vl_processor, build_tiny=build_tiny_qwen2_5_vl)
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):

@@ -7,14 +7,11 @@ deterministic function of the seed.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
 # Qwen-style chat template that understands the processor's structured content ({"type": "video"} / "text").
 CHAT_TEMPLATE = (
@@ -121,31 +118,6 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
         .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
         .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
     return _save(model, proc, out_dir)
-
-
-# LLaVA-Video shares the LLaVA-OV architecture (its adapter pools and lays out newlines differently).
-TINY_BUILDERS = {"llava_ov": build_tiny_llava_ov, "llava_video": build_tiny_llava_ov,
-                 "qwen2_5_vl": build_tiny_qwen2_5_vl}
-
-
-def ensure_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Build the tiny checkpoint of ``family`` at ``out_dir`` unless it is there; safe under concurrent callers."""
-    if family not in TINY_BUILDERS:
-        raise ValueError(f"no tiny builder for model family {family!r}; valid: {sorted(TINY_BUILDERS)}")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stamp = {"family": family, "seed": seed, "version": TINY_VERSION}
-    with FileLock(str(out_dir) + ".lock"):
-        marker = out_dir / MARKER
-        if not marker.exists() or json.loads(marker.read_text()) != stamp:
-            if out_dir.exists():  # an older recipe or another seed: rebuild (only ever a tiny checkpoint)
-                if not marker.exists():
-                    raise FileExistsError(f"{out_dir} exists but is not a tiny checkpoint built by the harness; "
-                                          "refusing to overwrite it")
-                shutil.rmtree(out_dir)
-            TINY_BUILDERS[family](out_dir, seed=seed)
-            marker.write_text(json.dumps(stamp))
-    return out_dir
 
 
 def _save(model, proc, out_dir: str | Path) -> Path:

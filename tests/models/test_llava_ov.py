@@ -9,7 +9,7 @@ import torch
 from tango.methods import build_method
 from tango.methods.base import PruningMethod, Selection
 from tango.models.base import load_adapter
-from tango.models.tiny import ensure_tiny_checkpoint
+from tango.models.base import ensure_tiny_checkpoint
 from tango.video import Clip
 
 pytestmark = pytest.mark.tiny

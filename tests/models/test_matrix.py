@@ -7,19 +7,19 @@ from omegaconf import OmegaConf
 
 from tango.config import compose
 from tango.methods import METHODS
-from tango.models.base import load_adapter
+from tango.models.base import ADAPTERS, load_adapter
+from tango.models.base import ensure_tiny_checkpoint
 from tango.video import Clip
 
 pytestmark = pytest.mark.tiny
-FAMILIES = {"llava_ov": "tiny_llava_ov", "llava_video": "tiny_llava_video", "qwen2_5_vl": "tiny_qwen2_5_vl"}
+FAMILIES = {family: f"tiny_{family}" for family in ADAPTERS}  # family -> its tiny model config
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_llava_dir, tiny_qwen_dir):
+def adapters(cache_dir):
     kw = dict(device=torch.device("cpu"), dtype="float32")
-    return {"llava_ov": load_adapter("llava_ov", pretrained=str(tiny_llava_dir), **kw),
-            "llava_video": load_adapter("llava_video", pretrained=str(tiny_llava_dir), **kw),
-            "qwen2_5_vl": load_adapter("qwen2_5_vl", pretrained=str(tiny_qwen_dir), **kw)}
+    return {family: load_adapter(family, pretrained=str(ensure_tiny_checkpoint(family, cache_dir / "models" / name)),
+                                 **kw) for family, name in FAMILIES.items()}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from tango.flops import llm_prefill_flops
 from tango.methods import build_method
 from tango.methods.base import PruningMethod, Selection
 from tango.models.qwen2_5_vl import Qwen25VL, qwen2_5_vl_vision_flops
-from tango.models.tiny import ensure_tiny_checkpoint
+from tango.models.base import ensure_tiny_checkpoint
 from tango.video import Clip
 
 from models.test_llava_ov import KeepFirstPerFrame  # first round(L * budget) tokens per frame / patch
