@@ -56,6 +56,14 @@ ATTENTION_ROWS: dict[str, Callable[[torch.nn.Module, dict], Tensor]] = {
 
 
 
+def keep_positions(seq_len: int, visual: Tensor, kept_visual: Tensor) -> Tensor:
+    """``[S']`` sorted positions kept: every position outside ``visual`` plus ``kept_visual`` (a subset of it)."""
+    keep = torch.ones(seq_len, dtype=torch.bool, device=visual.device)
+    keep[visual] = False
+    keep[kept_visual] = True
+    return keep.nonzero()[:, 0]
+
+
 @dataclass
 class DecoderView:
     """What a method's decoder hooks see of the loaded LLM, built by the adapter per request.
@@ -63,15 +71,14 @@ class DecoderView:
     Attributes:
         layers: the decoder layers (``nn.ModuleList``), each with a ``self_attn``.
         model_type: the decoder's ``config.model_type`` (picks the attention-row helper).
-        visual_start: position of the first visual token in the prompt the LLM sees.
-        visual_len: number of prunable visual positions from ``visual_start`` (layout tokens after them are never
-            dropped).
+        visual_positions: ``[V]`` sorted long positions of the prunable visual tokens in the prompt the LLM sees.
+            Layout tokens the family's reference never drops (a trailing newline, timestamp text between frames)
+            are not in it, so text between frames is handled by construction.
     """
 
     layers: torch.nn.ModuleList
     model_type: str
-    visual_start: int
-    visual_len: int
+    visual_positions: Tensor
 
     @property
     def num_layers(self) -> int:

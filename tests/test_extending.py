@@ -45,13 +45,11 @@ class ToyDropOddAtLayer(PruningMethod):
         return identity_selection(x)
 
     def decoder_hooks(self, decoder, budget):
-        from tango.hooks import drop_tokens_after
+        from tango.hooks import drop_tokens_after, keep_positions
 
         def select(row):
-            pos = torch.arange(row.shape[-1], device=row.device)
-            local = pos - decoder.visual_start
-            visual = (local >= 0) & (local < decoder.visual_len)
-            return pos[~visual | (local % 2 == 0)]
+            visual = decoder.visual_positions.to(row.device)
+            return keep_positions(row.shape[-1], visual, visual[::2])
         return drop_tokens_after(decoder.layers, self.layer, select, attention_row=decoder.attention_row)
 
 

@@ -35,7 +35,7 @@ at layer ``kv_layer`` and gathers the cache of layers ``>= kv_layer``): the deco
 tokens plus every non-video position; **otherwise nothing is pruned for that step** (the reference resets the
 selection at layers ``< kv_layer`` every step, so stable steps use the full cache). The reference's
 ``image_len`` is the TTM output length **minus one** (the last video token is never prunable); use
-:meth:`DyCoke.kv_image_span`. Kept keys are post-RoPE, so original positions are kept implicitly.
+:meth:`DyCoke.kv_positions`. Kept keys are post-RoPE, so original positions are kept implicitly.
 
 Intentional deviations from the reference:
 
@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tango.hooks import keep_positions
 from tango.methods.base import PruningMethod, SampleError, Selection, check_budget, identity_selection
 
 ANCHOR, PASS1, PASS2 = 0, 1, 2
@@ -151,8 +152,7 @@ def kv_select(
     attn: Tensor,
     prev: Optional[Tensor],
     *,
-    image_start: int,
-    image_len: int,
+    visual: Tensor,
     prune_ratio: float,
     threshold: float = 0.9,
 ) -> KVStep:
@@ -161,21 +161,19 @@ def kv_select(
     Args:
         attn: ``[H, S]`` (or head-averaged ``[S]``) attention of the decode token at layer ``kv_layer - 1`` over the
             full cache of length ``S`` (the new token included).
-        prev: ``[image_len]`` ``image_attn`` of the previous step of this sample, or None on its first step.
-        image_start: cache position of the first video token.
-        image_len: prunable video span (the reference: TTM output length - 1, see ``DyCoke.kv_image_span``).
-        prune_ratio: fraction of the span dropped (``dycoke_p``); ``int(image_len * (1 - p))`` are kept.
+        prev: ``[V]`` ``image_attn`` of the previous step of this sample, or None on its first step.
+        visual: ``[V]`` sorted cache positions of the prunable video tokens (the reference: the TTM output but its
+            last token, see ``DyCoke.kv_positions``).
+        prune_ratio: fraction of the span dropped (``dycoke_p``); ``int(V * (1 - p))`` are kept.
         threshold: a step prunes only when the similarity with ``prev`` is below it.
     """
     row = attn.mean(0) if attn.dim() == 2 else attn
-    image_attn = row[image_start : image_start + image_len]
+    image_attn = row[visual]
     sim = 0.0 if prev is None else float(F.cosine_similarity(image_attn, prev, dim=0))
     if sim >= threshold:
         return KVStep(None, image_attn, sim)
-    top = image_attn.topk(int(image_len * (1 - prune_ratio))).indices + image_start
-    pos = torch.arange(row.shape[0], device=row.device)
-    keep = torch.cat([pos[:image_start], top.sort().values, pos[image_start + image_len :]])
-    return KVStep(keep, image_attn, sim)
+    top = visual[image_attn.topk(int(visual.numel() * (1 - prune_ratio))).indices]
+    return KVStep(keep_positions(row.shape[0], visual, top), image_attn, sim)
 
 
 @dataclass
@@ -262,14 +260,13 @@ class DyCoke(PruningMethod):
         }
         return Selection(tokens=x.reshape(-1, d)[idx], indices=idx, stats=stats)
 
-    def kv_image_span(self, image_start: int, tokens_out: int) -> tuple[int, int]:
-        """``(image_start, image_len)`` of the prunable video span as the reference sets it: TTM length minus one."""
-        return image_start, tokens_out - 1
+    def kv_positions(self, visual: Tensor) -> Tensor:
+        """The prunable video positions as the reference sets them: the TTM output but its last token."""
+        return visual[:-1]
 
-    def kv_select(self, attn: Tensor, prev: Optional[Tensor], *, image_start: int, image_len: int) -> KVStep:
+    def kv_select(self, attn: Tensor, prev: Optional[Tensor], *, visual: Tensor) -> KVStep:
         """:func:`kv_select` with this method's ``kv_prune_ratio`` and ``kv_threshold``."""
-        return kv_select(attn, prev, image_start=image_start, image_len=image_len, prune_ratio=self.kv_prune_ratio,
-                         threshold=self.kv_threshold)
+        return kv_select(attn, prev, visual=visual, prune_ratio=self.kv_prune_ratio, threshold=self.kv_threshold)
 
     def decoder_hooks(self, decoder, budget: float):
         """Stage 2: at each decode step, layers ``>= kv_layer`` attend to the KV entries :meth:`kv_select` keeps
@@ -280,11 +277,11 @@ class DyCoke(PruningMethod):
 
         if not self.kv_pruning:
             return nullcontext({})
-        start, length = self.kv_image_span(decoder.visual_start, decoder.visual_len)
+        visual = self.kv_positions(decoder.visual_positions)
         prev: dict = {"attn": None}
 
         def select(row):
-            step = self.kv_select(row, prev["attn"], image_start=start, image_len=length)
+            step = self.kv_select(row, prev["attn"], visual=visual.to(row.device))
             prev["attn"] = step.image_attn
             return step.keep
         return restrict_decode_attention(decoder.layers, self.kv_layer, select, attention_row=decoder.attention_row)

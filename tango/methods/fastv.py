@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tango.hooks import keep_positions
 from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
 
 
@@ -59,24 +60,23 @@ def fastv_layer_counts(n_visual: int, num_keep: int, layer: int, num_layers: int
     return [n_visual] * layer + [num_keep] * (num_layers - layer)
 
 
-def fastv_select(attn: Tensor, *, image_start: int, image_len: int, num_keep: int) -> Tensor:
+def fastv_select(attn: Tensor, *, visual: Tensor, num_keep: int) -> Tensor:
     """Sequence positions kept from layer K on.
 
     Args:
         attn: ``[H, S]`` attention of the last prompt token at layer ``K-1`` over the ``S`` positions, per head
             (averaged here), or ``[S]`` already head-averaged.
-        image_start: position of the first visual token.
-        image_len: number of visual positions.
+        visual: ``[V]`` sorted positions of the prunable visual tokens (``DecoderView.visual_positions``; the
+            reference's ``image_start .. image_start + image_len - 1``).
         num_keep: visual tokens kept (:func:`fastv_num_keep`).
 
     Returns:
-        ``[S - image_len + num_keep]`` sorted long positions: the prefix, the ``num_keep`` most attended visual
-        positions, the suffix.
+        ``[S - V + num_keep]`` sorted long positions: every non-visual position and the ``num_keep`` most attended
+        visual ones.
     """
     row = attn.mean(0) if attn.dim() == 2 else attn
-    top = row[image_start : image_start + image_len].topk(num_keep).indices + image_start
-    pos = torch.arange(row.shape[0], device=row.device)
-    return torch.cat([pos[:image_start], top.sort().values, pos[image_start + image_len :]])
+    top = visual[row[visual].topk(num_keep).indices]
+    return keep_positions(row.shape[0], visual, top)
 
 
 @dataclass
@@ -121,10 +121,10 @@ class FastV(PruningMethod):
                          keep_fraction=plan["keep_fraction"], layer=self.layer, num_layers=self.num_layers)
         return sel
 
-    def select(self, attn: Tensor, *, image_start: int, image_len: int, budget: float) -> Tensor:
-        """:func:`fastv_select` with the count of :meth:`plan` for ``image_len`` visual tokens."""
-        keep = self.plan(image_len, budget)["num_keep"]
-        return fastv_select(attn, image_start=image_start, image_len=image_len, num_keep=keep)
+    def select(self, attn: Tensor, *, visual: Tensor, budget: float) -> Tensor:
+        """:func:`fastv_select` with the count of :meth:`plan` for the ``visual`` positions."""
+        keep = self.plan(int(visual.numel()), budget)["num_keep"]
+        return fastv_select(attn, visual=visual, num_keep=keep)
 
     def decoder_hooks(self, decoder, budget: float):
         """Drop the visual positions not selected by layer ``K-1``'s last-token attention from layer ``K`` on."""
@@ -132,8 +132,7 @@ class FastV(PruningMethod):
 
         decoder.require_layers(self.num_layers, self.name)
         return drop_tokens_after(decoder.layers, self.layer, lambda row: self.select(
-            row, image_start=decoder.visual_start, image_len=decoder.visual_len, budget=budget),
-            attention_row=decoder.attention_row)
+            row, visual=decoder.visual_positions.to(row.device), budget=budget), attention_row=decoder.attention_row)
 
 
 __all__ = ["FastV", "fastv_keep_fraction", "fastv_layer_counts", "fastv_num_keep", "fastv_select"]

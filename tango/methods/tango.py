@@ -221,19 +221,19 @@ class Tango(PruningMethod):
         last-token attention and merge the dropped tokens into the kept ones (:meth:`inner_llm_select`)."""
         from contextlib import nullcontext
 
-        from tango.hooks import drop_tokens_after
+        from tango.hooks import drop_tokens_after, keep_positions
 
         if not self.inner_llm_active(budget):
             return nullcontext({})
         decoder.require_layers(self.num_layers, self.name)
-        start = decoder.visual_start
-        end = start + decoder.visual_len
 
         def transform(h, row):
-            local, merged = self.inner_llm_select(h[:, start:end], row.mean(0)[start:end])
-            pos = torch.arange(h.shape[1], device=h.device)
-            keep = torch.cat([pos[:start], local + start, pos[end:]])
-            return keep, torch.cat([h[:, :start], merged.to(h.dtype), h[:, end:]], dim=1)
+            visual = decoder.visual_positions.to(h.device)
+            local, merged = self.inner_llm_select(h[:, visual], row.mean(0)[visual])
+            keep = keep_positions(h.shape[1], visual, visual[local])
+            h = h.clone()
+            h[:, visual[local]] = merged.to(h.dtype)
+            return keep, h[:, keep]
         return drop_tokens_after(decoder.layers, self.inner_layer, transform=transform,
                                  attention_row=decoder.attention_row)
 

@@ -180,7 +180,7 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
     lm = model.model.language_model
     layers = lm.layers
     span = torch.nonzero(ids[0] == video_token_id)[:, 0]
-    decoder = DecoderView(layers, lm.config.model_type, visual_start=int(span[0]), visual_len=n_vis)
+    decoder = DecoderView(layers, lm.config.model_type, visual_positions=span[:n_vis])
     # At budget 1 every method is the identity: nothing is attached, so the run equals the unhooked model.
     hooks = method.decoder_hooks(decoder, budget) if budget < 1.0 else nullcontext({})
     marks: list = []
@@ -220,9 +220,8 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
     if "keep" in state:  # dropped inside the LLM: layers >= K see the kept positions only
         k, keep, base = state["layer"], state["keep"], int(sel.stats["tokens_out"])
         mask = torch.ones(int(span.numel()), dtype=torch.bool) if token_mask is None else token_mask.cpu()
-        local = keep.cpu() - int(span[0])
-        local = local[(local >= 0) & (local < mask.numel())]
-        after = int(mask[local].sum())  # visual tokens (not newlines) still present from layer K on
+        kept_span = torch.isin(span.cpu(), keep.cpu())  # which positions of the video span are still present
+        after = int((mask & kept_span).sum())  # visual tokens (not newlines) still present from layer K on
         per_layer = [seq] * k + [int(keep.numel())] * (len(layers) - k)
         vis = [base] * k + [after] * (len(layers) - k)
         stats["tokens_layer_avg"] = sum(vis) / len(vis)

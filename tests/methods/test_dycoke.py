@@ -81,8 +81,8 @@ def test_kv_selection_parity(case):
     maps = make_decode_attention(case["seed"], case["steps"], case["heads"], case["seq"])
     prev = None
     for attn, ref in zip(maps, case["per_step"]):
-        step = kv_select(attn[0, :, -1, :], prev, image_start=case["image_start"], image_len=case["image_len"],
-                         prune_ratio=case["prune_ratio"])
+        visual = torch.arange(case["image_start"], case["image_start"] + case["image_len"])
+        step = kv_select(attn[0, :, -1, :], prev, visual=visual, prune_ratio=case["prune_ratio"])
         assert step.similarity == pytest.approx(ref["similarity"], abs=1e-6)
         if ref["keep"] is None:
             assert step.keep is None
@@ -154,13 +154,14 @@ def test_identity_short_and_odd_videos():
 def test_kv_plan_and_span():
     m = DyCoke(merging_ratio=0.7, kv_prune_ratio=0.7)
     sel = m.prune(make_video(10, 8, 16, 6), budget=0.5)
-    start, image_len = m.kv_image_span(14, sel.stats["tokens_out"])
-    assert (start, image_len) == (14, sel.stats["tokens_out"] - 1)
+    visual = m.kv_positions(torch.arange(14, 14 + sel.stats["tokens_out"]))
+    image_len = visual.numel()
+    assert visual.tolist() == list(range(14, 14 + sel.stats["tokens_out"] - 1))  # the reference's TTM length - 1
     assert sel.stats["kv_tokens_pruned_step"] == 1 + int(image_len * 0.3)
     attn = torch.rand(3, 14 + sel.stats["tokens_out"] + 20)
-    step = m.kv_select(attn, None, image_start=start, image_len=image_len)
+    step = m.kv_select(attn, None, visual=visual)
     assert step.keep.numel() == attn.shape[1] - image_len + int(image_len * 0.3) and step.similarity == 0.0
-    assert m.kv_select(attn, step.image_attn, image_start=start, image_len=image_len).keep is None
+    assert m.kv_select(attn, step.image_attn, visual=visual).keep is None
 
 
 @pytest.mark.unit

@@ -47,8 +47,8 @@ def test_selection_parity(case):
     attn = make_attention(case["seed"], case["heads"], case["seq"], case["image_start"], case["image_len"])
     keep = fastv_num_keep(case["image_len"], 1 - case["fastv_r"])
     assert keep == case["num_keep"]
-    got = fastv_select(attn[0, :, -1, :], image_start=case["image_start"], image_len=case["image_len"],
-                       num_keep=keep)
+    visual = torch.arange(case["image_start"], case["image_start"] + case["image_len"])  # the reference's span
+    got = fastv_select(attn[0, :, -1, :], visual=visual, num_keep=keep)
     # The reference sorts its keep indices, so the comparison is exact.
     assert got.tolist() == case["keep_indexs"]
 
@@ -82,14 +82,20 @@ def test_plan_counts_and_identity_prune(budget):
 def test_select_properties():
     attn = make_attention(3, 4, 50, 6, 30)
     m = FastV(layer=1, num_layers=2)
-    keep = m.select(attn[0, :, -1], image_start=6, image_len=30, budget=0.75)
+    visual = torch.arange(6, 36)
+    keep = m.select(attn[0, :, -1], visual=visual, budget=0.75)
     num_keep = round(30 * (2 * 0.75 - 1))
     assert keep.numel() == 50 - 30 + num_keep and keep.unique().numel() == keep.numel()
     assert torch.equal(keep, keep.sort().values) and int(keep.max()) < 50
     assert keep[:6].tolist() == list(range(6)) and keep[-14:].tolist() == list(range(36, 50))
-    head_mean = fastv_select(attn[0, :, -1].mean(0), image_start=6, image_len=30, num_keep=num_keep)
+    head_mean = fastv_select(attn[0, :, -1].mean(0), visual=visual, num_keep=num_keep)
     assert torch.equal(keep, head_mean)
-    assert torch.equal(keep, m.select(attn[0, :, -1].clone(), image_start=6, image_len=30, budget=0.75))
+    assert torch.equal(keep, m.select(attn[0, :, -1].clone(), visual=visual, budget=0.75))
+    # Visual positions need not be contiguous (text between frames): only they are candidates, the rest is kept.
+    gappy = torch.cat([torch.arange(6, 16), torch.arange(20, 40)])
+    keep = m.select(attn[0, :, -1], visual=gappy, budget=0.75)
+    assert set(range(50)) - set(gappy.tolist()) <= set(keep.tolist())
+    assert keep.numel() == 50 - 30 + num_keep and torch.equal(keep, keep.sort().values)
     assert METHODS["fastv"] is FastV
 
 

@@ -201,7 +201,7 @@ def test_every_familys_attention_row_equals_its_eager_attention(family, tiny_lla
     adapter = load_adapter(family, pretrained=str(path), device=torch.device("cpu"), dtype="float32",
                            attn_implementation="eager")
     lm = adapter.model.model.language_model
-    view = DecoderView(lm.layers, lm.config.model_type, visual_start=0, visual_len=1)
+    view = DecoderView(lm.layers, lm.config.model_type, visual_positions=torch.arange(1))
     torch.manual_seed(0)
     embeds = torch.randn(1, 24, lm.config.hidden_size)
     rows = {}
@@ -221,6 +221,22 @@ def test_every_familys_attention_row_equals_its_eager_attention(family, tiny_lla
 def test_a_decoder_without_an_attention_row_helper_is_an_error(model):
     from tango.hooks import DecoderView
 
-    view = DecoderView(model.model.language_model.layers, "qwen3", visual_start=0, visual_len=4)
+    view = DecoderView(model.model.language_model.layers, "qwen3", visual_positions=torch.arange(4))
     with pytest.raises(NotImplementedError, match="no attention-row helper for decoder model_type='qwen3'"):
         view.attention_row
+
+
+def test_in_llm_methods_select_among_visual_positions_only(model, embeds):
+    """Text between frames (e.g. timestamps) is not in ``visual_positions``: never dropped, never a candidate."""
+    from tango.hooks import DecoderView
+    from tango.methods import METHODS
+
+    lm = model.model.language_model
+    visual = torch.cat([torch.arange(4, 14), torch.arange(18, 28), torch.arange(30, 38)])  # 28 positions, 2 gaps
+    view = DecoderView(lm.layers, lm.config.model_type, visual_positions=visual)
+    fastv = METHODS["fastv"](layer=1, num_layers=len(lm.layers))
+    with torch.inference_mode(), fastv.decoder_hooks(view, 0.5) as state:
+        model.generate(inputs_embeds=embeds, max_new_tokens=1, do_sample=False)
+    kept = set(state["keep"].tolist())
+    assert set(range(40)) - set(visual.tolist()) <= kept  # every non-visual position stays
+    assert len(kept & set(visual.tolist())) == fastv.plan(28, 0.5)["num_keep"]
