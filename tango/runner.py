@@ -197,6 +197,7 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
     for k in FLOPS_KEYS:
         vals = [s[k] for s in samples if s.get(k) is not None]
         record[k] = float(np.mean(vals)) if vals else None
+    record.update(_method_choices(ok))
     record["latency_warmup_requests"] = WARMUP_REQUESTS
     if device.type == "cuda":
         record["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -219,6 +220,24 @@ def _accuracy(results: dict, task) -> tuple[float | None, float | None]:
                            f"{ {t: sorted(v) for t, v in res.items()} }")
         raw = float(np.mean(subs))
     return raw * task.metric_scale, raw
+
+
+def _method_choices(samples: list[dict]) -> dict:
+    """The method's per-sample choices (``method/*``: Tango's ``segment_tau``, DyCoke's ``regime``, ...) in the
+    record, so a default that changes results shows in the row: the value when every sample agrees, else the mean
+    (numbers) or the sorted distinct values joined by ``|``."""
+    out = {}
+    for key in sorted({k for s in samples for k in s if k.startswith("method/")}):
+        vals = [s[key] for s in samples if s.get(key) is not None]
+        if not vals:
+            continue
+        if all(v == vals[0] for v in vals):
+            out[key] = vals[0]
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            out[key] = float(np.mean(vals))
+        else:
+            out[key] = "|".join(sorted({str(v) for v in vals}))
+    return out
 
 
 def _per_type_accuracy(samples: list[dict], metric: str, scale: float) -> dict:

@@ -176,6 +176,12 @@ def test_generated_task_folders_are_keyed_by_their_data(monkeypatch, tmp_path):
     assert moved.task.include_path != s0.task.include_path and config_hash(moved) == config_hash(s0)
 
 
+def samples_regime(run_dir: Path) -> str:
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    (regime,) = {r["method/regime"] for r in rows if "method/regime" in r}
+    return regime
+
+
 @pytest.mark.e2e
 def test_one_bad_sample_never_sinks_the_run(tmp_path, cache_dir, monkeypatch, capsys):
     """A 1-frame video under DyCoke with fps sampling (SampleError) and a truncated mp4 (VideoDecodeError) are those
@@ -200,6 +206,7 @@ def test_one_bad_sample_never_sinks_the_run(tmp_path, cache_dir, monkeypatch, ca
     record = json.loads((run_dir / "record.json").read_text())
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert record["status"] == "ok" and record["n_samples"] == 4 and record["n_sample_errors"] == 2
+    assert record["method/regime"] == samples_regime(run_dir) and record["method/anchor_frames"] == 3  # 0, 4, 6 of 8
     assert samples[0]["error"].startswith("SampleError: dycoke needs at least 2 frames, got num_frames=1")
     assert samples[1]["error"].startswith("VideoDecodeError: decoded 18 of the 48 frames its header declares")
     assert all("error" not in s and s["frames"] == 8 for s in samples[2:])

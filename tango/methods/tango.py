@@ -56,8 +56,8 @@ Defaults follow the reference *code* (the run scripts for the hyperparameters). 
   ``d_h = d_w = 2 * (D // 6)``, ``d_t = D - 2 d_h`` (:func:`~tango.methods.st_rope.strope_sections`); identical
   for D = 3584, ``[24, 20, 20]`` for the tiny D = 64. Override with ``strope_sections``.
 - FastVID segmentation takes the per-frame global feature from ``metric`` (``[N, Dg]``, e.g. SigLIP's MAP-head
-  output for LLaVA; a ``[N, L, Dm]`` metric is averaged over L); without it, the per-frame mean of ``x`` (what
-  upstream's Qwen2.5-VL copy does).
+  output for LLaVA; a ``[N, L, Dm]`` metric is averaged over L), required; the Qwen2.5-VL adapter passes the
+  per-frame mean of ``x`` (what upstream's Qwen2.5-VL copy does).
 - Ablation switches not in upstream: ``use_st_rope=False`` (plain normalised features), ``salient_mode="topk"``
   (top-k_s by saliency), ``merge_context=False`` (context anchors keep their own features). ``context_ratio=0``
   gives all budget to salient tokens.
@@ -284,8 +284,9 @@ class Tango(PruningMethod):
             if side * side != l:
                 raise ValueError(f"L={l} is not a square grid: pass grid=(H, W)")
             grid = (side, side)
-        if timestamps is None:
-            timestamps = torch.arange(n, dtype=torch.float32)
+        if timestamps is None and self.use_st_rope:  # 1 fps would be a guess: on a long clip it moves many tokens
+            raise ValueError(f"Tango needs timestamps [N={n}] (frame times in seconds) for ST-RoPE: pass the clip's "
+                             f"(the adapters pass Clip.timestamps), or use_st_rope=False")
         if any(int(i) >= l for i in self.sink_indices):
             raise ValueError(f"sink_indices={self.sink_indices} has positions outside the {l} tokens per frame")
 
@@ -386,6 +387,8 @@ class Tango(PruningMethod):
             tokens_in=n * l,
             tokens_out=int(indices.numel()),
             budget_pre_llm=ratio,
+            # the segmentation threshold used: segment_threshold, or the run scripts' rule on the requested budget
+            segment_tau=self.segment_tau(budget),
             num_segments=len(sizes),
             single_frame_segments=int(single.numel()),
             **counts,
@@ -400,5 +403,8 @@ class Tango(PruningMethod):
         tau = self.segment_tau(budget)
         if self.segment_type == "holitom":
             return holitom_segments(sim, tau, self.max_window)
-        glob = x.mean(dim=1) if metric is None else (metric.mean(dim=1) if metric.dim() == 3 else metric)
+        if metric is None:
+            raise ValueError("segment_type='fastvid' needs metric, the per-frame global feature [N, Dg] (LLaVA: "
+                             "SigLIP's MAP-head output; the Qwen2.5-VL reference: the per-frame mean of x)")
+        glob = metric.mean(dim=1) if metric.dim() == 3 else metric
         return fastvid_segments(consecutive_cosine(glob), self.fastvid_c - 1, tau)

@@ -136,9 +136,11 @@ class Qwen25VL(VideoAdapter):
             video = self.model.model.get_video_features(inputs["pixel_values_videos"], thw).pooler_output[0]
         x = video.view(n, length, video.shape[-1])
         timestamps = self.timestamps(clip, n).to(self.device)
+        metric = cap.get("metric")
+        if metric is None and source == "pooling_head":  # the Tango reference's per-frame global feature on Qwen
+            metric = x.mean(dim=1)
         with sw("pruning"):
-            sel = method.prune(x, budget=budget, attn=cap.get("attn"), timestamps=timestamps, grid=grid,
-                               metric=cap.get("metric"))
+            sel = method.prune(x, budget=budget, attn=cap.get("attn"), timestamps=timestamps, grid=grid, metric=metric)
 
         ids_p, pos_p = self.pruned_positions(inputs, sel.indices, sel.tokens.shape[0])
         embeds = self.model.get_input_embeddings()(ids_p)

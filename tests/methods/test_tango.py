@@ -23,6 +23,11 @@ from tango.methods.tango_ops import (
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tango"
 
 
+def _secs(x: torch.Tensor) -> torch.Tensor:
+    """Frame times of ``x [N, L, D]`` at 1 frame per second (Tango takes them explicitly)."""
+    return torch.arange(x.shape[0], dtype=torch.float32)
+
+
 def make_video(
     seed: int,
     n: int = 8,
@@ -158,8 +163,11 @@ def test_pipeline_matches_reference(case):
     v = _case_video(case)
     x0, a0 = v["x"].clone(), v["attn"].clone()
     method = _case_method(case)
-    sel = method.prune(v["x"], budget=case["budget"], attn=v["attn"], timestamps=v["timestamps"], grid=v["grid"])
-    assert method.segments(v["x"], case["budget"]) == case["segments"]
+    # fastvid cases: the reference's per-frame global feature is the per-frame mean of x (its Qwen2.5-VL copy)
+    glob = v["x"].mean(dim=1)
+    sel = method.prune(v["x"], budget=case["budget"], attn=v["attn"], timestamps=v["timestamps"], grid=v["grid"],
+                       metric=glob)
+    assert method.segments(v["x"], case["budget"], metric=glob) == case["segments"]
     assert sel.indices.tolist() == case["indices"]
     torch.testing.assert_close(sel.tokens, torch.tensor(case["tokens"]), rtol=1e-5, atol=1e-6)
     assert sel.stats["tokens_out"] == len(case["indices"]) and sel.stats["num_segments"] == len(case["segments"])
@@ -173,8 +181,8 @@ def test_fix_merge_order_keeps_the_set_and_changes_merged_rows():
     for case in PIPELINE["cases"]:
         v = _case_video(case)
         sel = _case_method(case, fix_merge_order=True).prune(
-            v["x"], budget=case["budget"], attn=v["attn"], timestamps=v["timestamps"], grid=v["grid"]
-        )
+            v["x"], budget=case["budget"], attn=v["attn"], timestamps=v["timestamps"], grid=v["grid"],
+            metric=v["x"].mean(dim=1))
         assert sel.indices.tolist() == case["indices"]
         changed += int(not torch.allclose(sel.tokens, torch.tensor(case["tokens"]), rtol=1e-5, atol=1e-6))
     assert changed > 0  # the fixtures exercise the upstream write-back defect
@@ -274,7 +282,8 @@ def test_worked_budget_llava_ov_without_static_tokens():
     # Docs §2.9: 32 frames x 196 tokens, r = 0.1, nothing static -> 20 per frame (12 salient + 8 context) = 640.
     g = torch.Generator().manual_seed(3)
     x = torch.randn(32, 196, 16, generator=g)
-    sel = Tango(segment_threshold=1.0).prune(x, budget=0.1, attn=torch.rand(32, 196, generator=g))
+    sel = Tango(segment_threshold=1.0).prune(x, budget=0.1, attn=torch.rand(32, 196, generator=g),
+                                             timestamps=_secs(x))
     assert sel.stats["num_segments"] == 32 and sel.stats["tokens_out"] == 640
     assert sel.stats["salient_kept"] == 32 * 12 and sel.stats["context_kept"] == 32 * 8
 
@@ -365,7 +374,7 @@ def test_no_distance_block_grows_with_the_square_of_the_video(monkeypatch):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(1, 36, 256, generator=g).repeat(24, 1, 1) + 0.6 * torch.randn(24, 36, 256, generator=g)
     attn = torch.rand(24, 36, generator=g)
-    ref = Tango().prune(x, budget=0.1, attn=attn)
+    ref = Tango().prune(x, budget=0.1, attn=attn, timestamps=_secs(x))
     assert ref.stats["num_segments"] == 1 and ref.stats["static_positions"] == 0
     pool = 24 * 36 - ref.stats["salient_kept"]  # 816 tokens clustered at once
     sizes, cdist = [], torch.cdist
@@ -377,7 +386,7 @@ def test_no_distance_block_grows_with_the_square_of_the_video(monkeypatch):
 
     monkeypatch.setattr(dpc, "MAX_BLOCK", 20_000)  # < 816**2 = 666k
     monkeypatch.setattr(torch, "cdist", spy)
-    got = Tango().prune(x, budget=0.1, attn=attn)
+    got = Tango().prune(x, budget=0.1, attn=attn, timestamps=_secs(x))
     assert max(s.numel() for s in sizes) <= 20_000
     assert any(s[-1] == pool and s[-2] < pool for s in sizes)  # the segment-wide pool went through the blocks
     assert torch.equal(got.indices, ref.indices) and torch.equal(got.tokens, ref.tokens)
@@ -388,13 +397,14 @@ def test_sinks_are_masked_without_touching_the_input():
     v = make_video(4)
     attn = v["attn"].clone()
     attn[:, 10] = 100.0  # a planted sink dominates the saliency
-    sel_plain = Tango(context_ratio=0.0).prune(v["x"], budget=0.1, attn=attn)
-    sel_sink = Tango(context_ratio=0.0, sink_indices=[10]).prune(v["x"], budget=0.1, attn=attn)
+    sel_plain = Tango(context_ratio=0.0).prune(v["x"], budget=0.1, attn=attn, timestamps=_secs(v["x"]))
+    sel_sink = Tango(context_ratio=0.0, sink_indices=[10]).prune(v["x"], budget=0.1, attn=attn,
+                                                                 timestamps=_secs(v["x"]))
     l = v["x"].shape[1]
     assert (sel_plain.indices % l == 10).any() and not (sel_sink.indices % l == 10).any()
     assert attn[0, 10] == 100.0
     with pytest.raises(ValueError, match="sink_indices"):
-        Tango(sink_indices=[l]).prune(v["x"], budget=0.1, attn=attn)
+        Tango(sink_indices=[l]).prune(v["x"], budget=0.1, attn=attn, timestamps=_secs(v["x"]))
 
 
 @pytest.mark.unit
@@ -406,12 +416,13 @@ def test_ablation_switches():
         assert m.prune(v["x"], **kw).stats["tokens_out"] == ref.stats["tokens_out"]
     # Single-frame segments only (threshold 1: nothing is ever static). Without merging, kept rows are input rows.
     single = make_video(5, n=4, scenes=(1, 1, 1, 1))
-    sel = Tango(merge_context=False, segment_threshold=1.0).prune(single["x"], budget=0.2, attn=single["attn"])
+    sel = Tango(merge_context=False, segment_threshold=1.0).prune(single["x"], budget=0.2, attn=single["attn"],
+                                                                  timestamps=_secs(single["x"]))
     assert sel.stats["num_segments"] == 4
     torch.testing.assert_close(sel.tokens, single["x"].reshape(-1, single["x"].shape[-1])[sel.indices])
     # Plain top-k keeps the highest-saliency tokens of each frame.
     sel = Tango(salient_mode="topk", context_ratio=0.0, segment_threshold=1.0).prune(
-        single["x"], budget=0.2, attn=single["attn"]
+        single["x"], budget=0.2, attn=single["attn"], timestamps=_secs(single["x"])
     )
     k = math.ceil(49 * 0.2)
     expect = (single["attn"].topk(k, dim=1).indices + torch.arange(4)[:, None] * 49).flatten().sort().values
@@ -426,7 +437,7 @@ def test_llava_video_inner_stage_budget():
     assert m.pre_llm_budget(0.2) == 0.243478 and pre_llm_ratio(0.9, 18, 0.5, 28) == 1.0
     assert m.tokens_layer_avg(100) == pytest.approx((18 * 100 + 10 * 50) / 28)
     v = make_video(6)
-    sel = m.prune(v["x"], budget=0.1, attn=v["attn"])
+    sel = m.prune(v["x"], budget=0.1, attn=v["attn"], timestamps=_secs(v["x"]))
     assert sel.stats["budget_pre_llm"] == 0.121739
 
 
@@ -461,11 +472,15 @@ def test_bad_hyperparameters_raise(kw, word):
 def test_bad_inputs_raise():
     v = make_video(1)
     with pytest.raises(ValueError, match="attn"):
-        Tango().prune(v["x"], budget=0.1)
+        Tango().prune(v["x"], budget=0.1, timestamps=_secs(v["x"]))
     with pytest.raises(ValueError, match="budget"):
-        Tango().prune(v["x"], budget=0.0, attn=v["attn"])
+        Tango().prune(v["x"], budget=0.0, attn=v["attn"], timestamps=_secs(v["x"]))
     with pytest.raises(ValueError, match="strope_sections"):
-        Tango(strope_sections=[16, 16, 14]).prune(v["x"], budget=0.1, attn=v["attn"])
+        Tango(strope_sections=[16, 16, 14]).prune(v["x"], budget=0.1, attn=v["attn"], timestamps=_secs(v["x"]))
+    with pytest.raises(ValueError, match=r"Tango needs timestamps \[N="):  # no silent 1 fps
+        Tango().prune(v["x"], budget=0.1, attn=v["attn"])
+    with pytest.raises(ValueError, match="segment_type='fastvid' needs metric"):  # no silent per-frame mean
+        Tango(segment_type="fastvid").segments(v["x"], 0.1)
     assert METHODS["tango"] is Tango
 
 
@@ -503,14 +518,14 @@ def test_fastvid_segmenter_uses_the_global_metric():
     assert m.segments(v["x"], 0.2, metric=same[:, None, :].expand(6, 4, 8)) == [6]  # [N, L, Dm] is averaged
     alternating = torch.stack([torch.eye(8)[i % 2] for i in range(6)])
     assert m.segments(v["x"], 0.2, metric=alternating) == [1] * 6
-    sel = m.prune(v["x"], budget=0.2, attn=v["attn"], metric=same)
+    sel = m.prune(v["x"], budget=0.2, attn=v["attn"], metric=same, timestamps=_secs(v["x"]))
     assert sel.stats["num_segments"] == 1
 
 
 @pytest.mark.unit
 def test_edge_cases_single_frame_tiny_budget_bf16():
     v = make_video(8, n=1, scenes=(1,))
-    sel = Tango().prune(v["x"], budget=0.01, attn=v["attn"])  # ceil(49 * 0.01) = 1 token: context only
+    sel = Tango().prune(v["x"], budget=0.01, attn=v["attn"], timestamps=_secs(v["x"]))  # ceil(49 * 0.01) = 1 token: context only
     assert sel.stats["tokens_out"] == 1 and sel.stats["context_kept"] == 1
     v = make_video(9)
     sel = Tango().prune(v["x"].bfloat16(), budget=0.2, attn=v["attn"], timestamps=v["timestamps"])
@@ -525,7 +540,8 @@ def test_identical_tokens_give_unique_indices(use_st_rope):
     x = torch.zeros(3, 49, 16)
     x[1] = torch.randn(16)  # a flat frame: one feature at every position
     attn = torch.rand(3, 49, generator=torch.Generator().manual_seed(0))
-    sel = Tango(use_st_rope=use_st_rope, segment_threshold=1.0).prune(x, budget=0.3, attn=attn)
+    sel = Tango(use_st_rope=use_st_rope, segment_threshold=1.0).prune(x, budget=0.3, attn=attn,
+                                                                      timestamps=_secs(x))
     assert sel.indices.unique().numel() == sel.indices.numel() == 3 * math.ceil(49 * 0.3)
 
 
