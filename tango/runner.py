@@ -1,10 +1,10 @@
 """One run: (model, method, budget, task, seed) -> run directory with record.json, samples.jsonl, config.yaml,
 plus a CSV row and a W&B run.
 
-Reads top to bottom: validate -> skip if done -> seed -> task data -> adapter + method -> lmms-eval -> record ->
-sinks. A finished run (its record.json exists) is skipped unless ``force=true``; a failed run leaves a ``failed``
-row in the CSV and ``failed.json`` but no record, so the next call retries it (``fail_fast=false`` returns instead
-of raising, so a sweep goes on).
+Reads top to bottom: validate -> skip if done (same configuration only) -> seed -> task data and its checks ->
+adapter + method -> lmms-eval -> samples -> sinks (CSV, W&B) -> record.json last. A finished run is skipped unless
+``force=true``; a failed run leaves a ``failed`` row in the CSV and ``failed.json`` but no record, so the next call
+retries it (``fail_fast=false`` returns instead of raising, so a sweep goes on; an invalid configuration included).
 """
 
 from __future__ import annotations
