@@ -1,9 +1,16 @@
-"""Analytical prefill FLOPs (1 multiply-add = 2 FLOPs), from the model config and the realized token counts.
+"""Analytical prefill FLOPs from the model config and the realized token counts, in two conventions.
 
-Conventions, chosen to match ``torch.utils.flop_counter.FlopCounterMode`` on the eager model exactly (tested):
-every linear layer counts ``2 * tokens * d_in * d_out``; attention counts ``QK^T`` and ``AV`` over the full
-``n x n`` square (what a dense kernel computes; causal kernels skip about half of it); norms, activations, softmax
-and RoPE are not counted; at prefill the LM head runs on the last position only (``logits_to_keep=1``).
+**exact** (``tflops_*`` fields; 1 multiply-add = 2 FLOPs), chosen to match ``torch.utils.flop_counter.FlopCounterMode``
+on the eager model exactly (tested): every linear layer counts ``2 * tokens * d_in * d_out``; attention counts
+``QK^T`` and ``AV`` over the full ``n x n`` square (what a dense kernel computes; causal kernels skip about half of
+it); norms, activations, softmax and RoPE are not counted; at prefill the LM head runs on the last position only
+(``logits_to_keep=1``).
+
+**paper** (``tflops_llm_paper``): the per-layer formula of FastV (Chen et al., ECCV 2024, §4),
+``4 n d^2 + 2 n^2 d + 2 n d m`` summed over the decoder layers (``n`` tokens at that layer, ``d`` hidden size, ``m``
+MLP intermediate size), LLM only, as a count of multiply-adds. It ignores grouped KV heads and the third SwiGLU
+matrix; it is the convention of the tables of FastV, HoliTom and FastVID (HoliTom: 40.8 T for LLaVA-OV-7B at 32
+frames), so harness numbers can be set beside theirs.
 """
 
 from __future__ import annotations
@@ -35,6 +42,16 @@ def llm_prefill_flops(text_cfg, tokens_per_layer: int | Sequence[int]) -> float:
         raise ValueError(f"got {len(counts)} per-layer token counts for a {layers}-layer decoder")
     head = 2 * _get(text_cfg, "hidden_size") * _get(text_cfg, "vocab_size")
     return sum(decoder_layer_flops(text_cfg, n) for n in counts) + head
+
+
+def llm_prefill_macs_paper(text_cfg, tokens_per_layer: int | Sequence[int]) -> float:
+    """Decoder prefill in the paper convention (module doc): ``sum_l 4 n_l d^2 + 2 n_l^2 d + 2 n_l d m``, MACs."""
+    layers = _get(text_cfg, "num_hidden_layers")
+    counts = [tokens_per_layer] * layers if isinstance(tokens_per_layer, int) else list(tokens_per_layer)
+    if len(counts) != layers:
+        raise ValueError(f"got {len(counts)} per-layer token counts for a {layers}-layer decoder")
+    d, m = _get(text_cfg, "hidden_size"), _get(text_cfg, "intermediate_size")
+    return float(sum(4 * n * d * d + 2 * n * n * d + 2 * n * d * m for n in counts))
 
 
 def siglip_flops(vision_cfg, frames: int, with_head: bool = False) -> float:

@@ -34,7 +34,8 @@ from tango.records import CONFIG, FAILED, RECORD, SAMPLES, atomic_write, read_re
 WARMUP_REQUESTS = 1  # the first request pays one-off costs (allocator, kernels); excluded from latency medians
 LATENCY_KEYS = ("vision_ms", "attention_ms", "pruning_ms", "llm_prefill_ms", "ttft_ms", "decode_tok_s",
                 "achieved_tflop_s")
-FLOPS_KEYS = ("tflops_vision", "tflops_projector", "tflops_llm", "tflops_prefill")  # analytical, mean per request
+# analytical, mean per request: exact FLOPs, and the LLM in the papers' convention (MACs, tango/flops.py)
+FLOPS_KEYS = ("tflops_vision", "tflops_projector", "tflops_llm", "tflops_prefill", "tflops_llm_paper")
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -327,7 +328,8 @@ def _print_summary(record: dict, samples: list[dict], run_dir: Path, cfg: DictCo
           f"{f(record['visual_tokens_layer_avg'])} averaged over layers (retention {f(record['retention'], '.3f')})\n"
           f"  ttft median     {f(record['ttft_ms'])} ms  (vision {f(record['vision_ms'])}, pruning "
           f"{f(record['pruning_ms'])}, LLM prefill {f(record['llm_prefill_ms'])})\n"
-          f"  prefill FLOPs   {f(record['tflops_prefill'], '.4g')} TFLOPs (LLM {f(record['tflops_llm'], '.4g')})\n"
+          f"  prefill FLOPs   {f(record['tflops_prefill'], '.4g')} TFLOPs (LLM {f(record['tflops_llm'], '.4g')}; LLM "
+          f"in the papers' convention {f(record.get('tflops_llm_paper'), '.4g')} T multiply-adds)\n"
           f"  sample errors   {_error_summary(samples)}\n"
           f"  short videos    {record.get('n_short_videos', 0)} (fewer frames than sampled: padded by repetition)\n"
           f"  run dir         {run_dir}\n"

@@ -210,6 +210,7 @@ def test_one_bad_sample_never_sinks_the_run(tmp_path, cache_dir, monkeypatch, ca
     assert samples[0]["error"].startswith("SampleError: dycoke needs at least 2 frames, got num_frames=1")
     assert samples[1]["error"].startswith("VideoDecodeError: decoded 18 of the 48 frames its header declares")
     assert all("error" not in s and s["frames"] == 8 for s in samples[2:])
+    assert 0 < record["tflops_llm_paper"] < record["tflops_llm"]  # both FLOPs conventions in the record
     assert "sample errors   2 of 4 scored wrong: 1 SampleError, 1 VideoDecodeError" in out
 
     assert runner.run(compose([*base, "method=none", "model.num_frames=8"])) is not None

@@ -327,3 +327,11 @@ def test_synthetic_pruning_table_and_per_type_plot(tmp_path):
     import matplotlib.image as mpimg
 
     assert float(mpimg.imread(png)[..., :3].std()) > 0.02
+
+
+def test_compare_reads_both_flops_conventions_under_the_references_names():
+    df = pd.DataFrame([{"model": "llava_ov", "method": "none", "budget": 1.0, "task": "videomme", "accuracy": 50.0,
+                        "tflops_prefill": 119.1, "tflops_llm_paper": 40.77}])
+    long = T.long_metrics(df)
+    got = dict(zip(long["metric"], long["value"]))
+    assert got["prefill_tflops"] == 119.1 and got["prefill_tflops_fastv_convention"] == 40.77

@@ -39,9 +39,13 @@ class FamilySpec:
             in (no download); ``offline_ids`` uses the special-token ids of ``offline_processor``.
         offline_processor: ``() -> processor`` with the real visual sizes and the offline byte tokenizer.
         build_tiny: ``(out_dir, seed=0) -> Path``: a tiny random checkpoint of the architecture, for CPU tests.
+        video_tokens: ``(config, frames, frame_hw) -> (visual, layout)``: tokens of a video before pruning, analytic
+            (``layout``: newlines the LLM sees besides the visual tokens).
+        prefill_flops: ``(config, frames, tokens_per_layer, frame_hw) -> {flops_vision, flops_projector,
+            flops_llm}`` in the exact convention of :mod:`tango.flops` (what the adapter records per request).
 
     The adapter's own code holds the rest of the family: prompt layout, the visual span it hands to methods, its
-    attention sources and its analytical FLOPs (``Generation.stats``).
+    attention sources.
     """
 
     display_name: str
@@ -50,6 +54,8 @@ class FamilySpec:
     full_config: Callable[..., Any]
     offline_processor: Callable[[], Any]
     build_tiny: Callable[..., Any]
+    video_tokens: Callable[..., tuple[int, int]]
+    prefill_flops: Callable[..., dict]
 
 
 def adapter_class(family: str) -> type:

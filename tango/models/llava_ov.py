@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from tango.flops import llava_ov_prefill_flops
+from tango.flops import llava_ov_prefill_flops, llm_prefill_macs_paper
 from tango.methods.base import PruningMethod
 from tango.models import full_configs
 from tango.models.base import FamilySpec, Generation, VideoAdapter, load_pretrained, prefill_and_decode
@@ -33,11 +33,23 @@ from tango.timing import Stopwatch
 from tango.video import Clip
 
 
+def _tokens(layout: str):
+    def video_tokens(config, frames: int, frame_hw=None) -> tuple[int, int]:
+        span = full_configs.llava_video_span(config, frames, layout)
+        return span["visual"], span["newlines"]
+    return video_tokens
+
+
+def _prefill_flops(config, frames: int, tokens_per_layer, frame_hw=None) -> dict:
+    return llava_ov_prefill_flops(config, frames, tokens_per_layer, with_head=True)
+
+
 class LlavaOneVision(VideoAdapter):
     family = "llava_ov"
     spec = FamilySpec(display_name="LLaVA-OV-7B", hf_class="LlavaOnevisionForConditionalGeneration",
                       hub_id="llava-hf/llava-onevision-qwen2-7b-ov-hf", full_config=full_configs.llava_ov_7b_config,
-                      offline_processor=full_configs.llava_processor, build_tiny=build_tiny_llava_ov)
+                      offline_processor=full_configs.llava_processor, build_tiny=build_tiny_llava_ov,
+                      video_tokens=_tokens("llava_ov"), prefill_flops=_prefill_flops)
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0,
@@ -154,6 +166,7 @@ class LlavaOneVision(VideoAdapter):
                                        with_head=getattr(self.model.model.vision_tower, "head", None) is not None)
         stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
         stats["tflops_prefill"] = sum(flops.values()) / 1e12
+        stats["tflops_llm_paper"] = llm_prefill_macs_paper(self.model.config.text_config, per_layer) / 1e12
         stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
         return Generation(text=text, stats=stats)
 
@@ -227,7 +240,8 @@ class LlavaVideo(LlavaOneVision):
     family = "llava_video"
     spec = FamilySpec(display_name="LLaVA-Video-7B", hf_class="LlavaOnevisionForConditionalGeneration",
                       hub_id="llava-hf/LLaVA-Video-7B-Qwen2-hf", full_config=full_configs.llava_video_7b_config,
-                      offline_processor=full_configs.llava_processor, build_tiny=build_tiny_llava_ov)
+                      offline_processor=full_configs.llava_processor, build_tiny=build_tiny_llava_ov,
+                      video_tokens=_tokens("llava_video"), prefill_flops=_prefill_flops)
 
     def _setup(self, model, processor, device) -> None:
         super()._setup(model, processor, device)

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from tango.flops import _get, llm_prefill_flops
+from tango.flops import _get, llm_prefill_flops, llm_prefill_macs_paper
 from tango.methods.base import PruningMethod
 from tango.models import full_configs
 from tango.models.base import FamilySpec, Generation, VideoAdapter, load_pretrained, prefill_and_decode
@@ -48,11 +48,20 @@ from tango.video import Clip
 VIDEO_TYPE = 2  # mm_token_type_ids: 0 text, 1 image, 2 video
 
 
+def _video_tokens(config, frames: int, frame_hw=(448, 448)) -> tuple[int, int]:
+    return full_configs.qwen_video_tokens(config, frames, *frame_hw), 0
+
+
+def _prefill_flops(config, frames: int, tokens_per_layer, frame_hw=(448, 448)) -> dict:
+    return qwen2_5_vl_prefill_flops(config, full_configs.qwen_video_grid(config, frames, *frame_hw), tokens_per_layer)
+
+
 class Qwen25VL(VideoAdapter):
     family = "qwen2_5_vl"
     spec = FamilySpec(display_name="Qwen2.5-VL-7B", hf_class="Qwen2_5_VLForConditionalGeneration",
                       hub_id="Qwen/Qwen2.5-VL-7B-Instruct", full_config=full_configs.qwen2_5_vl_7b_config,
-                      offline_processor=full_configs.qwen2_5_vl_processor, build_tiny=build_tiny_qwen2_5_vl)
+                      offline_processor=full_configs.qwen2_5_vl_processor, build_tiny=build_tiny_qwen2_5_vl,
+                      video_tokens=_video_tokens, prefill_flops=_prefill_flops)
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
@@ -156,6 +165,7 @@ class Qwen25VL(VideoAdapter):
         flops = qwen2_5_vl_prefill_flops(self.model.config, (n, gh, gw), per_layer)
         stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
         stats["tflops_prefill"] = sum(flops.values()) / 1e12
+        stats["tflops_llm_paper"] = llm_prefill_macs_paper(self.model.config.text_config, per_layer) / 1e12
         stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
         return Generation(text=text, stats=stats)
 
