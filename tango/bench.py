@@ -11,7 +11,6 @@ The **zero-overhead bound** of a method is the same model fed a pre-drawn random
 
 from __future__ import annotations
 
-import math
 import statistics
 import subprocess
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from tango.methods.base import PruningMethod, Selection, check_budget
 from tango.models.base import ADAPTERS, adapter_class
+from tango.records import percentile
 
 #: family -> name of its model config (``configs/model/<name>.yaml``) for full-size and smoke (tiny) runs.
 MODEL_NAMES = {family: family for family in ADAPTERS}
@@ -134,11 +134,6 @@ def synthetic_clip(frames: int, height: int, width: int, fps: float = 30.0, stri
 
 
 # ---- timing ----------------------------------------------------------------------------------------------------------
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
-
 
 def measure(adapter, inputs: dict, clip, method: PruningMethod, budget: float, warmup: int, repeats: int) -> dict:
     """``warmup`` untimed then ``repeats`` timed requests through ``adapter.generate`` (prefill only); the median of

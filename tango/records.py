@@ -61,15 +61,23 @@ def read_record(run_dir: str | Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def percentile(values, q: float) -> float:
+    """The nearest-rank percentile, the one definition of the harness (records and benchmark CSVs): the smallest value
+    with at least a fraction ``q`` of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
 def summarize(values: list, prefix: str, warmup: int = 0) -> dict:
-    """Median and p90 of the non-warm-up values (all values if there are no more than ``warmup``)."""
+    """Median and p90 (:func:`percentile`) of the non-warm-up values (all values if there are no more than
+    ``warmup``)."""
     vals = [v for v in values if v is not None]
     if len(vals) > warmup:
         vals = vals[warmup:]
     if not vals:
         return {f"{prefix}": None, f"{prefix}_p90": None}
     arr = np.asarray(vals, dtype=float)
-    return {prefix: float(np.median(arr)), f"{prefix}_p90": float(np.percentile(arr, 90))}
+    return {prefix: float(np.median(arr)), f"{prefix}_p90": float(percentile(vals, 0.9))}
 
 
 def upsert_csv(csv_path: str | Path, row: dict, key: str = "run_key", rebuild_from: str | Path | None = None) -> None:

@@ -35,6 +35,9 @@ def test_default_run_writes_record_csv_and_wandb(run_env):
     assert record["visual_tokens_out"] == pytest.approx(sum(s["tokens_out"] for s in samples) / 8)
     assert record["retention_input"] == pytest.approx(record["visual_tokens_out"] / record["visual_tokens_in"])
     assert record["retention"] == pytest.approx(sum(s["tokens_layer_avg"] for s in samples) / (8 * 256))
+    assert record["budget_gap"] == pytest.approx(100 * (record["retention"] - 0.1))  # realised - requested, points
+    if abs(record["budget_gap"]) > 1:
+        assert f"{record['budget_gap']:+.1f} points off the budget 10 %" in proc.stdout
     assert record["ttft_ms"] > 0 and record["transformers"] == "5.23.0"
     # the environment a number came from: the lock's hash, whether .venv is exactly it, and the versions that matter
     assert record["lock_sha256"] == hashlib.sha256((ROOT / "uv.lock").read_bytes()).hexdigest()

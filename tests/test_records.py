@@ -48,7 +48,15 @@ def test_rebuild_csv_from_run_dirs(tmp_path):
 
 def test_summarize_excludes_warmup():
     s = summarize([1000.0, 1.0, 2.0, 3.0, None], "ttft_ms", warmup=1)
-    assert s["ttft_ms"] == 2.0 and s["ttft_ms_p90"] == pytest.approx(np.percentile([1, 2, 3], 90))
+    assert s["ttft_ms"] == 2.0 and s["ttft_ms_p90"] == 3.0  # nearest rank: a value that was measured
+
+
+def test_one_percentile_definition_nearest_rank():
+    from tango.records import percentile
+
+    vals = list(range(1, 11))
+    assert (percentile(vals, 0.9), percentile(vals, 0.1), percentile(vals, 0.91), percentile([7.0], 0.9)) == (
+        9, 1, 10, 7.0)
     assert summarize([5.0], "x", warmup=1)["x"] == 5.0  # a single request is still reported
     assert summarize([None], "x") == {"x": None, "x_p90": None}
 

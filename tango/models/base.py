@@ -215,7 +215,6 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
         "prompt_tokens": seq,
         "new_tokens": int(new_tokens),
         "vision_ms": ms["vision"],
-        "attention_ms": None,  # the attention source is read inside the tower's forward: included in vision_ms
         "pruning_ms": ms["pruning"],
         "llm_prefill_ms": ms["llm_prefill"],
         "ttft_ms": ms["ttft"],

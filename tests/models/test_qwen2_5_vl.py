@@ -19,7 +19,7 @@ from models.test_llava_ov import KeepFirstPerFrame  # first round(L * budget) to
 
 pytestmark = pytest.mark.tiny
 
-STATS = {"tokens_in", "tokens_out", "prompt_tokens", "new_tokens", "vision_ms", "attention_ms", "pruning_ms",
+STATS = {"tokens_in", "tokens_out", "prompt_tokens", "new_tokens", "vision_ms", "pruning_ms",
          "llm_prefill_ms", "ttft_ms", "decode_tok_s", "tokens_layer_avg", "tflops_vision", "tflops_projector",
          "tflops_llm", "tflops_prefill", "achieved_tflop_s"}
 
