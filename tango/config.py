@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -100,7 +100,12 @@ class Config:
     force: bool = False                   # re-run even if the run's record.json exists
     dry_run: bool = False                 # print what the run would do (task, frames, paths) and exit
     fail_fast: bool = True                # False: a failing run is recorded as failed and returns None (sweeps go on)
-    run_key: str = "${run_key:}"          # <model>__<method>__b<budget>__<task>__s<seed>[__limit<n>]
+    run_key: str = "${run_key:}"          # <model>__<method>__b<budget>__<task>__s<seed>[__limit<n>][__<variant>]
+    # Labels, set by an experiment config (configs/experiment/<name>.yaml): its name, and what it sweeps beyond the
+    # standard axes (model, method, budget, task, seed) as {label: value}, e.g. {alpha: ${method.alpha}}. The run
+    # key appends the variant (``__alpha1.5``); records carry both, and tables group by them.
+    experiment: Optional[str] = None
+    variant: Dict[str, Any] = field(default_factory=dict)
 
 
 def effective_budget(cfg: Any) -> float:
@@ -113,7 +118,16 @@ def run_key(cfg: Any) -> str:
     """Deterministic name of a run's directory (its budget: :func:`effective_budget`)."""
     budget = effective_budget(cfg)
     key = f"{cfg.model.name}__{cfg.method.name}__b{budget:g}__{cfg.task.name}__s{cfg.seed}"
-    return key + (f"__limit{cfg.limit}" if cfg.limit is not None else "")
+    key += f"__limit{cfg.limit}" if cfg.limit is not None else ""
+    variant = cfg.get("variant") or {}
+    return key + ("__" + "_".join(f"{k}{v}" for k, v in variant.items()) if variant else "")
+
+
+def variant_label(variant: Any) -> str:
+    """A variant as one canonical record string: JSON with sorted keys, ``""`` for a standard run (no variant)."""
+    if isinstance(variant, (DictConfig, ListConfig)):
+        variant = OmegaConf.to_container(variant, resolve=True)
+    return json.dumps(variant, sort_keys=True) if variant else ""
 
 
 class ConfigError(ValueError):
@@ -232,7 +246,8 @@ def _check_data_root(task: Any) -> None:
 
 
 # Keys that cannot change a result: where it is written, how it is logged, and how the call behaves.
-NON_RESULT_KEYS = ("paths", "logger", "force", "dry_run", "fail_fast", "run_key")
+# ``experiment`` and ``variant`` are labels: the settings a variant names are in the identity already.
+NON_RESULT_KEYS = ("paths", "logger", "force", "dry_run", "fail_fast", "run_key", "experiment", "variant")
 
 
 def identity(cfg: Any) -> dict:

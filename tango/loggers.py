@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+from tango.glossary import rows
 from tango.records import to_jsonable, upsert_csv
 
 
@@ -18,7 +19,8 @@ class CsvSink:
 
 
 class WandbSink:
-    """One W&B run per harness run: config, the record as summary + one history row, and a per-sample table.
+    """One W&B run per harness run: config, the record as summary + one history row, a per-sample table, and the
+    glossary entries of the record's fields (table ``glossary``, from :mod:`tango.glossary`).
 
     ``mode="offline"`` writes ``<run_dir>/wandb/offline-run-*`` (upload later with ``wandb sync``)."""
 
@@ -46,6 +48,8 @@ class WandbSink:
             scalars = {k: v for k, v in to_jsonable(record).items() if isinstance(v, (int, float)) and v is not None}
             run.log(scalars)
             run.summary.update(to_jsonable(record))
+            glossary = [list(r) for r in rows(record)]
+            run.log({"glossary": wandb.Table(columns=["field", "unit", "meaning"], data=glossary)})
             if samples:
                 cols = sorted({k for s in samples for k, v in s.items() if isinstance(v, (str, int, float, bool))})
                 run.log({"samples": wandb.Table(columns=cols, data=[[s.get(c) for c in cols] for s in samples])})

@@ -26,7 +26,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from tango.config import ConfigError, config_hash, effective_budget, identity, identity_diff, validate
+from tango.config import ConfigError, config_hash, effective_budget, identity, identity_diff, validate, variant_label
 from tango.environment import lock_status
 from tango.loggers import CsvSink, build_sinks
 from tango.records import CONFIG, FAILED, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
@@ -258,8 +258,16 @@ def _cell(cfg: DictConfig, method_name: str, budget: float) -> dict:
     m = cfg.model
     return {"run_key": cfg.run_key, "model": m.name, "model_family": m.family, "pretrained": m.pretrained,
             "method": method_name, "budget": budget, "budget_requested": float(cfg.budget), "task": cfg.task.name,
-            "lmms_task": cfg.task.lmms_task, "seed": cfg.seed, "limit": cfg.limit,
+            "lmms_task": cfg.task.lmms_task, "question_set": _question_set(cfg.task), "seed": cfg.seed,
+            "limit": cfg.limit, "experiment": cfg.get("experiment"), "variant": variant_label(cfg.get("variant")),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _question_set(task) -> str:
+    """Which questions a run answered, for pairing runs question by question: the lmms-eval task, and for a task
+    generated from a data source (synthetic parameters, a local data root) the digest that names that source."""
+    generated = task.get("synthetic") is not None or task.get("data_root") is not None
+    return f"{task.lmms_task}@{Path(task.include_path).name}" if generated and task.include_path else task.lmms_task
 
 
 def _identity(cfg: DictConfig, method, budget: float) -> dict:
