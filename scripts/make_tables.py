@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Paper tables (Markdown + LaTeX booktabs) and plots (PNG) from run records; see ``tango/tables.py`` for the rules.
+"""Paper tables (Markdown + LaTeX booktabs) and plots (PNG) from run records; see ``tango/report/__init__.py`` for
+the rules.
 
     python scripts/make_tables.py                                  # results/runs/*/record.json -> results/tables/
     python scripts/make_tables.py --results results/demo_cpu --out results/tables
     python scripts/make_tables.py --csv results/results.csv --models llava_ov --methods none tango --budgets 0.1 0.25
-    python scripts/make_tables.py --compare results/tables/paper_reference_example.csv
+    python scripts/make_tables.py --compare results/tables/references/*.csv       # side by side with papers
+    python scripts/make_tables.py --ci                                            # 95 % CIs in accuracy cells
     python scripts/make_tables.py --wandb-run new                  # also log the tables to W&B ($WANDB_MODE)
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tango import tables as T
+from tango import report as T
 
 
 def _list(values):
@@ -42,10 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--efficiency-task", default=None, help="task of the efficiency table and latency plots")
     p.add_argument("--ablation-by", default=None,
                    help="record column to ablate over (or hp/<name> for a method hyperparameter)")
-    p.add_argument("--experiments", default=str(T.DEFAULT_EXPERIMENTS),
-                   help="experiment configs whose run-key suffixes define ablation / frame-scaling tables "
-                        "(default: configs/experiment; '' = none)")
-    p.add_argument("--compare", default=None, help="reference CSV (paper numbers or another results CSV)")
+    p.add_argument("--compare", nargs="+", default=None,
+                   help="reference CSV(s) (paper numbers, e.g. results/tables/references/*.csv, or results CSVs)")
+    p.add_argument("--ci", action="store_true",
+                   help="show 95%% paired-bootstrap CIs (over questions) in the accuracy cells instead of ± std")
+    p.add_argument("--no-significance", action="store_true", help="skip the paired significance table")
+    p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (default: 10000)")
     p.add_argument("--include-limited", action="store_true", help="also use runs made with limit=<n> (smoke runs)")
     p.add_argument("--digits", type=int, default=1, help="decimals for accuracies and latencies")
     p.add_argument("--no-plots", action="store_true", help="tables only")
@@ -58,13 +62,13 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     results = a.results if a.results is not None else ([] if a.csv else ["results"])
     runs = T.load_runs(results, a.csv)
-    reference = T.read_reference(a.compare) if a.compare else None
+    reference = T.read_references(a.compare) if a.compare else None
     tasks = _list(a.tasks)
     tables, plot_data = T.build_tables(
         runs, models=_list(a.models), methods=_list(a.methods), budgets=[float(b) for b in _list(a.budgets) or []],
         tasks=tasks, seeds=_list(a.seeds), num_frames=a.num_frames, efficiency_task=a.efficiency_task,
-        ablation_by=a.ablation_by, reference=reference, include_limited=a.include_limited,
-        experiments_dir=a.experiments or None, digits=a.digits)
+        ablation_by=a.ablation_by, reference=reference, include_limited=a.include_limited, digits=a.digits,
+        ci=a.ci, significance=not a.no_significance, n_boot=a.n_boot)
     written = T.write_outputs(tables, plot_data, a.out, plots=not a.no_plots, efficiency_task=a.efficiency_task,
                               tasks=tasks)
     n_ok = int((runs["status"] == "ok").sum()) if len(runs) else 0

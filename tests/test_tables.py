@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tango import tables as T
+from tango import report as T
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +23,6 @@ FIX = Path(__file__).resolve().parent / "fixtures" / "tables"
 RESULTS = [FIX / "results", FIX / "results_f8"]
 CSV = FIX / "extra.csv"
 REF = FIX / "reference.csv"
-EXP = FIX / "experiment"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def runs() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def built(runs):
-    return T.build_tables(runs, reference=T.read_reference(REF), experiments_dir=EXP)
+    return T.build_tables(runs, reference=T.read_reference(REF))
 
 
 def _frame(t: T.Table) -> pd.DataFrame:
@@ -68,12 +67,21 @@ def test_limited_runs_excluded_unless_asked(runs):
     assert T.select(runs, include_limited=True)["run_key"].str.contains("limit").any()
 
 
-def test_variant_is_the_experiment_suffix(runs):
+def test_variant_and_experiment_are_read_from_the_record(runs):
     v = dict(zip(runs["run_key"], runs["variant"]))
-    assert v["llava_ov__tango__b0.15__videomme__s0__alpha1.5"] == "__alpha1.5"
-    assert v["llava_ov__none__b1__videomme__s0__f64"] == "__f64"
-    assert v["llava_ov__none__b1__videomme__s0"] == ""
+    e = dict(zip(runs["run_key"], runs["experiment"]))
+    assert v["llava_ov__tango__b0.15__videomme__s0__alpha1.5"] == '{"alpha": 1.5}'
+    assert e["llava_ov__tango__b0.15__videomme__s0__alpha1.5"] == "ablation_alpha"
+    assert v["llava_ov__none__b1__videomme__s0__f64"] == '{"f": 64}'
+    assert v["llava_ov__none__b1__videomme__s0"] == "" and e["llava_ov__none__b1__videomme__s0"] == ""
     assert v["llava_ov__tango__b0.25__mlvu__s0__limit8"] == ""
+    # a record older than the fields: the run-key suffix is its variant, so it never fills a Table 1 cell
+    assert v["llava_ov__tango__b0.1__videomme__s0__ctx0.3"] == '{"suffix": "__ctx0.3"}'
+
+
+def test_legacy_variant_gets_its_own_table(built):
+    df = _frame(built[0]["variants"])
+    assert df["suffix"].tolist() == ["__ctx0.3"] and df["VideoMME"].tolist() == ["12.0"]
 
 
 # ------------------------------------------------------------------------------------------------------ main table
@@ -81,18 +89,19 @@ def test_main_table_values_order_and_bold(built):
     t = built[0]["main"]
     df = _frame(t)
     assert list(df.columns) == ["Model", "Method", "Retention", "VideoMME", "MLVU", "LongVideoBench", "MVBench",
-                                "Avg", "% Full"]
+                                "Avg", "% Full", "Kept (realised)"]
     # paper order: full tokens, then budgets high -> low, fixed method order inside a budget
     assert list(zip(df["Method"], df["Retention"])) == [
-        ("Full tokens", "100%"), ("DyCoke", "25%"), ("Tango", "25%"), ("FastV", "10%"), ("VisionZip", "10%"),
+        ("Full tokens", "100%"), ("DyCoke‡", "25%"), ("Tango", "25%"), ("FastV", "10%"), ("VisionZip", "10%"),
         ("Tango", "10%")]
     full = _row(t, "Full tokens", "100%")
     assert full["VideoMME"] == "59.0 ± 1.4"  # two seeds: mean ± sample std
     assert (full["Avg"], full["% Full"]) == ("59.0", "100.0")
     tango = _row(t, "Tango", "10%")
-    assert tango.tolist()[3:] == ["**57.0**", "**63.0**", "55.0", "**57.0**", "**58.0**", "**98.3**"]
+    # Kept (realised): the recorded retention, never the budget asked for; – where no run recorded it
+    assert tango.tolist()[3:] == ["**57.0**", "**63.0**", "55.0", "**57.0**", "**58.0**", "**98.3**", "10.2%"]
     vz = _row(t, "VisionZip", "10%")
-    assert vz.tolist()[3:] == ["53.0", "60.0", "**56.0**", "53.0", "55.5", "94.1"]
+    assert vz.tolist()[3:] == ["53.0", "60.0", "**56.0**", "53.0", "55.5", "94.1", "–"]
     assert _row(t, "Tango", "25%")["VideoMME"] == "**58.5**"
     assert "**" not in "".join(full.tolist())  # the full-token row is the reference, never bold
 
@@ -102,22 +111,31 @@ def test_missing_and_failed_cells_are_never_zero(built):
     fastv = _row(t, "FastV", "10%")
     assert fastv["VideoMME"] == "–†"  # failed run: missing + marked
     assert (fastv["Avg"], fastv["% Full"]) == ("–", "–")  # no average over three of four benchmarks
-    dycoke = _row(t, "DyCoke", "25%")
+    dycoke = _row(t, "DyCoke‡", "25%")
     assert dycoke["MLVU"] == "–†" and dycoke["LongVideoBench"] == "–"
     md = t.to_markdown()
     assert "† failed: llava_ov__fastv__b0.1__videomme__s0" in md and "2 failed run(s) excluded" in md
     assert not any(c.md.startswith("0") for r in t.rows for c in r)  # no fixture value is 0: nothing filled as 0
     tex_row = next(ln for ln in t.to_latex().splitlines() if ln.startswith(" & FastV"))
-    assert tex_row.split(" & ")[3:] == [r"--\textsuperscript{\dag}", "58.0", "52.0", "55.0", "--", r"-- \\"]
+    assert tex_row.split(" & ")[3:] == [r"--\textsuperscript{\dag}", "58.0", "52.0", "55.0", "--", "--", r"-- \\"]
 
 
 def test_ablation_runs_never_replace_table1_cells(built):
     # the __alpha3.0 run at b0.1 is newer and has the same identity as Table 1's Tango 10% VideoMME cell
     assert "11.0" not in built[0]["main"].to_markdown()
+    assert "12.0" not in built[0]["main"].to_markdown()  # nor a record older than the variant field
+
+
+def test_nonstandard_regime_is_footnoted(built):
+    md = built[0]["main"].to_markdown()
+    assert "DyCoke‡" in md
+    assert "‡ DyCoke at 25% (LLaVA-OV-7B): regime ttm_cap in 1 of 1 run(s): below DyCoke's floor" in md
+    assert r"DyCoke\textsuperscript{\ddag}" in built[0]["main"].to_latex()
+    assert "‡" not in _row(built[0]["main"], "Tango", "25%")["Method"]
 
 
 def test_filters_keep_full_token_reference(runs):
-    tables, _ = T.build_tables(runs, methods=["none", "tango"], budgets=[0.1], experiments_dir=None)
+    tables, _ = T.build_tables(runs, methods=["none", "tango"], budgets=[0.1])
     df = _frame(tables["main"])
     assert list(zip(df["Method"], df["Retention"])) == [("Full tokens", "100%"), ("Tango", "10%")]
     # with a single pruning method nothing is singled out in bold
@@ -165,7 +183,7 @@ def test_ablation_table_from_experiment_config(built):
 
 
 def test_ablation_by_hparam_column(runs):
-    tables, _ = T.build_tables(runs, ablation_by="hp/alpha", experiments_dir=None)
+    tables, _ = T.build_tables(runs, ablation_by="hp/alpha")
     df = _frame(tables["ablation"])
     assert set(df["alpha"]) == {"0.5"}
 
@@ -230,14 +248,13 @@ def test_cli_writes_tables_and_plots(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "tables"
-    assert mod.main(["--results", *map(str, RESULTS), "--csv", str(CSV), "--out", str(out), "--compare", str(REF),
-                     "--experiments", str(EXP)]) == 0
+    assert mod.main(["--results", *map(str, RESULTS), "--csv", str(CSV), "--out", str(out), "--compare", str(REF)]) == 0
     names = {p.name for p in out.iterdir()}
     for n in ("main", "efficiency", "synthetic", "frames", "ablation_alpha", "compare"):
         assert {f"{n}.md", f"{n}.tex"} <= names
     import matplotlib.image as mpimg
 
-    for png in ("accuracy_vs_retention.png", "ttft_breakdown.png", "latency_vs_frames.png"):
+    for png in ("accuracy_vs_retention.png", "accuracy_vs_cost.png", "ttft_breakdown.png", "latency_vs_frames.png"):
         p = out / png
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
         img = mpimg.imread(p)
@@ -255,7 +272,7 @@ def test_method_colours_are_fixed():
 
 def test_empty_inputs_give_empty_tables(tmp_path):
     runs = T.load_runs([tmp_path], [])
-    tables, data = T.build_tables(runs, experiments_dir=None)
+    tables, data = T.build_tables(runs)
     assert "(no runs)" in tables["main"].to_markdown() and "(no runs)" in tables["main"].to_latex()
     assert T.write_outputs(tables, data, tmp_path / "out")  # md/tex written, plots skipped
 
@@ -284,18 +301,16 @@ def test_paper_reference_example_parses():
     assert (ref["budget"] == 0.1).all()
 
 
-def test_repo_experiment_configs_round_trip():
-    """Every config in configs/experiment/ that appends to the run key yields a pattern that reads its values back."""
-    specs = T.experiment_specs(T.DEFAULT_EXPERIMENTS)
-    for spec in specs:
-        values = [f"v{i}x" for i in range(len(spec.fields))]
-        src = next(ln for ln in (T.DEFAULT_EXPERIMENTS / f"{spec.name}.yaml").read_text().splitlines()
-                   if ln.startswith("run_key:"))
-        suffix = src.split("${run_key:}", 1)[1].strip().strip("'\"")
-        for f, v in zip(spec.fields, values):
-            suffix = suffix.replace("${" + f + "}", v, 1)
-        m = spec.regex.match(suffix)
-        assert m and [m.group(f"f{i}") for i in range(len(values))] == values, (spec.name, suffix)
+def test_repo_experiment_configs_record_their_name_and_variant():
+    """Every config in configs/experiment/ names itself, and its variant (evaluated) is what the run key appends."""
+    from tango.sweeps import CONFIG_DIR, combinations, compose_cell
+
+    for path in sorted((CONFIG_DIR / "experiment").glob("*.yaml")):
+        cfg = compose_cell(combinations([f"experiment={path.stem}"])[0])
+        assert cfg.experiment == path.stem
+        variant = dict(cfg.variant)
+        suffix = "__" + "_".join(f"{k}{v}" for k, v in variant.items()) if variant else ""
+        assert cfg.run_key.endswith(suffix) and ("__" not in cfg.run_key.split("__s0", 1)[1]) == (not variant)
 
 
 def test_synthetic_pruning_table_and_per_type_plot(tmp_path):
@@ -317,7 +332,7 @@ def test_synthetic_pruning_table_and_per_type_plot(tmp_path):
         write("none", 1.0, seed, 96.0 + seed, 90.0 + 2 * seed)
         for b in (0.1, 0.3):
             write("tango", b, seed, 60.0 + 100 * b + seed, 50.0 + seed)
-    tables, data = T.build_tables(T.load_runs([tmp_path], []), experiments_dir=None)
+    tables, data = T.build_tables(T.load_runs([tmp_path], []))
     t = tables["synthetic_pruning"]
     row = _row(t, "Tango", "10%", model="tiny LLaVA-OV (trained on the synthetic task)")
     assert (row["Accuracy"], row["when"], row["background"]) == ("71.0 ± 1.0", "51.0 ± 1.0", "100.0 ± 0.0")
