@@ -136,7 +136,8 @@ def markdown() -> str:
     out = ["| field | unit | meaning |", "|---|---|---|"]
     for name, unit, meaning in rows():
         cond = f" *({CONDITIONAL[name]})*" if name in CONDITIONAL else ""
-        out.append(f"| `{name}` | {unit} | {meaning.replace('|', '&#124;')}{cond} |")
+        text = meaning.replace("|", "&#124;").replace("<", "&lt;").replace(">", "&gt;")
+        out.append(f"| `{name}` | {unit} | {text}{cond} |")
     return "\n".join(out) + "\n"
 
 

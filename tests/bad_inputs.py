@@ -1,7 +1,7 @@
 """The catalogue of bad inputs: what a user gives, and the message the harness answers with (a substring of it).
 
 ``tests/test_bad_inputs.py`` runs every row against the real code; the README's table is ``markdown()`` of this
-list (checked by that test; regenerate with ``python tests/bad_inputs.py``).
+list (checked by that test; regenerate with ``python scripts/update_readme.py``).
 
 Kinds: ``config`` -- ``python run.py <given>``: refused before anything loads (one line, exit 2; Hydra's own errors
 exit 1); ``lmms_eval`` -- ``python -m lmms_eval --model tango_harness --model_args <given>``: one line, exit 2;

@@ -142,9 +142,9 @@ def test_every_data_row_has_a_case():
 
 def test_readme_table_is_the_catalogue():
     readme = (ROOT / "README.md").read_text()
-    begin, end = "<!-- bad-inputs:begin (python tests/bad_inputs.py) -->\n", "<!-- bad-inputs:end -->"
+    begin, end = "<!-- begin:bad-inputs (python scripts/update_readme.py) -->\n", "<!-- end:bad-inputs -->"
     assert begin in readme and end in readme, "the README lost its catalogue of bad inputs"
-    assert readme.split(begin, 1)[1].split(end, 1)[0] == markdown(), "regenerate: python tests/bad_inputs.py"
+    assert readme.split(begin, 1)[1].split(end, 1)[0] == markdown(), "regenerate: python scripts/update_readme.py"
 
 
 def test_short_clips_are_flagged_not_silently_padded():

@@ -57,6 +57,15 @@ def test_default_run_writes_record_csv_and_wandb(run_env):
     assert any(row.get("ttft_ms") == pytest.approx(record["ttft_ms"]) for row in wb["history"])
     (table,) = run_dir.glob("wandb/offline-run-*/files/media/table/samples_*.table.json")
     assert len(json.loads(table.read_text())["data"]) == 8
+    # The glossary documents every field of the record, W&B carries it, and every unconditional field is written.
+    from tango import glossary
+
+    assert glossary.undocumented(record) == []
+    assert set(glossary.FIELDS) - set(glossary.CONDITIONAL) - {glossary.entry(k) for k in record} == set()
+    (gtable,) = run_dir.glob("wandb/offline-run-*/files/media/table/glossary_*.table.json")
+    assert {r[0] for r in json.loads(gtable.read_text())["data"]} == {glossary.entry(k) for k in record}
+    assert record["experiment"] is None and record["variant"] == ""
+    assert record["question_set"].startswith("tango_synthetic_pruning@")
 
     # A second call finds the record and does not redo the work, nor write into the folder; the CSV keeps one row.
     files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".running.lock"}

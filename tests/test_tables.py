@@ -129,7 +129,7 @@ def test_ablation_runs_never_replace_table1_cells(built):
 def test_nonstandard_regime_is_footnoted(built):
     md = built[0]["main"].to_markdown()
     assert "DyCoke‡" in md
-    assert "‡ DyCoke at 25% (LLaVA-OV-7B): regime ttm_cap in 1 of 1 run(s): below DyCoke's floor" in md
+    assert "‡ DyCoke at 25% (LLaVA-OV-7B): regime ttm_cap in 1 of 1 run(s): the budget is below DyCoke's floor" in md
     assert r"DyCoke\textsuperscript{\ddag}" in built[0]["main"].to_latex()
     assert "‡" not in _row(built[0]["main"], "Tango", "25%")["Method"]
 

@@ -196,9 +196,9 @@ class DyCoke(PruningMethod):
 
     stage = "both"
     display_name = "DyCoke"
-    nonstandard_regimes = {"ttm_cap": ("below DyCoke's floor (anchor frames kept whole: 28.1 % at 32 frames) every "
-                                       "frame keeps the same count, anchors included (harness variant, not in the "
-                                       "paper)")}
+    nonstandard_regimes = {"ttm_cap": ("the budget is below DyCoke's floor (anchor frames kept whole; the run's "
+                                       "method/ttm_floor, 28.1 % at 32 frames), so every frame keeps the same count, "
+                                       "anchors included (harness variant, not in the paper)")}
     color = "#009E73"  # Okabe-Ito
     needs_attention = False
 

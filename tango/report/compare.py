@@ -108,10 +108,10 @@ def read_reference(path: str | Path) -> tuple[pd.DataFrame, str]:
         df = long_metrics(ok)
     if "source" not in df.columns:
         df["source"] = default_source
-    df["source"] = df["source"].fillna(default_source).astype(str)
+    df["source"] = df["source"].astype(object).where(df["source"].notna(), default_source).astype(str)
     if "note" not in df.columns:
         df["note"] = ""
-    df["note"] = df["note"].fillna("").astype(str)
+    df["note"] = df["note"].astype(object).where(df["note"].notna(), "").astype(str)
     return df, default_source
 
 

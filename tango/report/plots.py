@@ -105,10 +105,11 @@ def plot_accuracy_vs_retention(ok: pd.DataFrame, path: str | Path, tasks: Sequen
     for ax, (model, task) in zip(axes.flat, panels):
         g = ok[(ok["model"] == model) & (ok["task"] == task)]
         _pareto_panel(ax, g, "retention", scale=100.0)
-        ax.set_title(f"{model_name(model)} — {task_name(task)}", fontsize=9)
+        ax.set_title(f"{model_name(model)}\n{task_name(task)}", fontsize=8)
         ax.set_xlabel("realised retention (% of visual tokens, layer-averaged)", fontsize=8)
         ax.set_ylabel("accuracy (%)")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower right")
@@ -147,9 +148,10 @@ def plot_accuracy_vs_cost(ok: pd.DataFrame, path: str | Path, tasks: Sequence[st
         _pareto_panel(ax, g, col)
         dev = ", ".join(sorted(set(g["device_name"].dropna().astype(str)))) if (
             col == "ttft_ms" and "device_name" in g) else ""
-        ax.set_title(f"{model_name(model)} — {task_name(task)}" + (f" ({dev})" if dev else ""), fontsize=9)
-        ax.set_xlabel(label, fontsize=8)
+        ax.set_title(f"{model_name(model)}\n{task_name(task)}", fontsize=8)
+        ax.set_xlabel(label + (f", {dev}" if dev else ""), fontsize=8)
         ax.set_ylabel("accuracy (%)")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower right")

@@ -152,7 +152,7 @@ def _footnotes(failed_cells: list[str], n_failed: int, n_ok: int, n_seeds_max: i
         notes.append("[a, b] = 95 % paired-bootstrap CI over questions (tango/report/stats.py); values without one had "
                      "no samples.jsonl.")
     if n_seeds_max > 1:
-        notes.append("Values are mean over seeds" + ("." if ci else " ± std over seeds."))
+        notes.append("Values are mean ± std over seeds" + (" where no CI is shown." if ci else "."))
     notes.append(f"{n_ok} run(s) used; {n_failed} failed run(s) excluded; – = no run.")
     for f in dict.fromkeys(failed_cells):
         notes.append(f"{FAILED_MARK} failed: {f}")

@@ -578,3 +578,43 @@ def build_tables(runs: pd.DataFrame, *, models=None, methods=None, budgets=None,
     if reference is not None:
         tables["compare"] = compare_table(ok, reference[0], reference[1])
     return tables, {"ok": ok, "frames": ok_frames}
+
+
+# ------------------------------------------------------------------------------------------------------ summary
+def summary_table(ok: pd.DataFrame, failed: pd.DataFrame, model: str, task: str, digits: int = 1) -> Table:
+    """Compact accuracy vs. budget for one (model, task): rows = budgets asked for (high -> low), one column per
+    method, cells = mean ± std over seeds, with the realised retention where it is more than 1 point off the budget,
+    ``–†`` where every run failed and ``‡`` on a non-standard regime; built with ``pivot_table`` from the records (the
+    README's tiny-model table)."""
+    g = ok[(ok["model"] == model) & (ok["task"] == task) & (ok["method"] != "none")]
+    agg = g.pivot_table(index="budget", columns="method", values=["accuracy", "retention"],
+                        aggfunc=["mean", "std", "count"])
+    methods = _order(g["method"], list(METHODS))
+    t = Table(f"summary_{task}", f"{model_name(model)}, {task_name(task)}: accuracy (%) vs. budget",
+              ["Budget", *map(method_name, methods)])
+    notes: list[str] = []
+    gone = failed[(failed["model"] == model) & (failed["task"] == task)] if len(failed) else failed
+    for budget in sorted(agg.index, reverse=True):
+        r = len(t.rows)
+        stats = {}
+        row = [text_cell(_pct(budget), "r")]
+        for i, m in enumerate(methods):
+            n = agg.get(("count", "accuracy", m), pd.Series(dtype=float)).get(budget, 0)
+            if _is_missing(n) or not n:
+                lost = len(gone) and ((gone["method"] == m) & (gone["budget"] == budget)).any()
+                row.append(num_cell(Stat(failed=["failed"] if lost else []), digits))
+                continue
+            s = Stat(float(agg[("mean", "accuracy", m)][budget]), float(agg[("std", "accuracy", m)][budget]), int(n))
+            stats[(r, 1 + i)] = s
+            kept = agg[("mean", "retention", m)][budget] if ("mean", "retention", m) in agg else float("nan")
+            off = not _is_missing(kept) and abs(100 * (kept - budget)) > 1
+            note = regime_note(g, model, m, budget)
+            notes += [note] if note else []
+            row.append(num_cell(s, digits, (f" (keeps {100 * kept:.1f}%)" if off else "") + (REGIME_MARK if note else "")))
+        t.rows.append(row)
+        _bold_row(t, r, stats)
+    full = stat(ok.loc[(ok["model"] == model) & (ok["task"] == task) & (ok["method"] == "none"), "accuracy"])
+    t.notes = [f"Full tokens: {num_cell(full, digits).md}. Mean ± std over seeds; (keeps r%) = realised retention "
+               f"when it is more than 1 point off the budget; – = no run; –† = every run failed (the errors are in the "
+               f"full tables). Bold: best per row.", *notes]
+    return t
