@@ -181,6 +181,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
     try:
         method = OmegaConf.to_object(cfg.method)  # runs the method's own hyperparameter checks
+        if method.families and m.family not in method.families:
+            raise ValueError(f"supports the model families {list(method.families)}, not model.family={m.family!r} "
+                             f"(model={m.name})")
         if method.name != "none":
             method.check_feasible(float(cfg.budget), int(m.num_frames))
     except ValueError as e:

@@ -76,6 +76,8 @@ class PruningMethod:
     display_name: ClassVar[str] = ""
     #: colour in plots, the same in every figure (default: a grey shade).
     color: ClassVar[str] = ""
+    #: model families the method supports (``model.family``); empty = every family. Checked before a run loads.
+    families: ClassVar[tuple[str, ...]] = ()
     #: regimes (``stats['regime']``, recorded as ``method/regime``) that are not the authors' algorithm, with the
     #: footnote tables print for a cell that ran in one; regimes not listed are the reference's own.
     nonstandard_regimes: ClassVar[dict[str, str]] = {}

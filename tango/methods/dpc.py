@@ -2,8 +2,9 @@
 
 Follows ``tango/utils.py::dpc_knn`` of github.com/xjtupanda/Tango@cc815b6 (Euclidean distances, no ``/sqrt(D)``
 scaling, density ``exp(-mean squared kNN distance)``, tie-breaking noise ``U(0, noise)``), with the noise drawn from
-an explicit ``torch.Generator`` so that results are reproducible. HoliTom / FastVID variants divide the distances by
-``sqrt(D)`` first: pass ``x / D**0.25`` to get that.
+an explicit ``torch.Generator`` so that results are reproducible. HoliTom / FastVID variants (distances ``/ sqrt(D)``,
+the point itself among its k nearest) are this function with ``k - 1`` neighbours on distances scaled by
+``sqrt((k - 1) / k) / sqrt(D)`` (pass them as ``dist``): same density ranking (``tango/methods/holitom.py``).
 
 Memory: a segment-wide pool can hold the whole video (M = frames x tokens per frame, 50k at 256 frames), whose
 ``[M, M]`` distance matrix alone would be 10 GB. When ``B*M*M`` exceeds ``max_block`` elements the distances are
@@ -54,7 +55,7 @@ def dpc_knn(
     Args:
         x: ``[B, M, D]`` points (Tango: ST-RoPE'd unit-norm features).
         n_clusters: C, number of centres per set, ``1 <= C <= M``.
-        k: neighbours in the density estimate (the point itself excluded).
+        k: neighbours in the density estimate (the point itself excluded); 0 = constant density.
         generator: source of the tie-breaking noise (CPU generator; None uses the global RNG).
         noise: amplitude of the uniform noise added to the density.
         dist: optional precomputed ``[B, M, M]`` distance matrix of ``x``.
@@ -71,9 +72,12 @@ def dpc_knn(
     if dist is None and b * m * m > max_block:
         return _dpc_knn_blocked(x, n_clusters, k, generator, noise, max_block)
     d = pairwise_dist(x) if dist is None else dist
-    # k+1 smallest includes the point itself at distance 0.
-    knn = d.topk(min(k + 1, m), dim=-1, largest=False).values[..., 1:]
-    rho = (-(knn**2).mean(dim=-1)).exp()
+    if k == 0:  # no neighbours: a constant density, the centres decided by delta and the noise (HoliTom's c = 1)
+        rho = torch.ones(b, m, dtype=d.dtype, device=d.device)
+    else:
+        # k+1 smallest includes the point itself at distance 0.
+        knn = d.topk(min(k + 1, m), dim=-1, largest=False).values[..., 1:]
+        rho = (-(knn**2).mean(dim=-1)).exp()
     rho = rho + torch.rand(rho.shape, generator=generator, dtype=rho.dtype).to(rho.device) * noise
     # delta_i = distance to the nearest denser point; the densest point gets the largest distance of its set.
     d_max = d.amax(dim=(1, 2), keepdim=True)

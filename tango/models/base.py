@@ -99,6 +99,12 @@ class VideoAdapter:
         self.model, self.processor = model, processor
         self.video_token_id = self.model.config.video_token_id
 
+    def check_method(self, method) -> None:
+        """Refuse a method that does not support this family (its ``families``), naming both."""
+        if method.families and self.family not in method.families:
+            raise ValueError(f"method {method.name!r} supports the model families {list(method.families)}, not "
+                             f"{self.family!r}")
+
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)

@@ -142,6 +142,7 @@ class LlavaOneVision(VideoAdapter):
     @torch.inference_mode()
     def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
                  max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
+        self.check_method(method)
         sw = Stopwatch(self.device)
         t_start = sw.now()
         source = method.attention_source if method.needs_attention else None

@@ -129,6 +129,7 @@ class Qwen25VL(VideoAdapter):
     @torch.inference_mode()
     def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
                  max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
+        self.check_method(method)
         ids = inputs["input_ids"]
         thw = inputs["video_grid_thw"]
         if ids.shape[0] != 1 or thw.shape[0] != 1:
