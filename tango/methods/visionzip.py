@@ -7,7 +7,7 @@ Reproduced: the SigLIP / LLaVA-OneVision port used in published video comparison
 ``dvlab-research/VisionZip`` supports CLIP only). Parity is tested against that function
 (``tests/fixtures/visionzip/``).
 
-Algorithm, per frame of ``L`` pooled tokens, ``S = round(L * budget)`` output tokens:
+Algorithm, per frame of ``L`` pooled tokens, ``S`` output tokens (``budget_rule``, below):
 
 - ``dominant = int(S * dominant_ratio)`` (54/64), ``contextual = S - dominant``;
 - dominant = top-``dominant`` tokens by ``attn`` (no CLS on SigLIP, so all of them come from top-k), emitted in
@@ -34,8 +34,10 @@ becoming a lone newline (``H`` newlines per frame; row of a token = ``index % L 
 
 Intentional deviations from the reference:
 
-- ``S = round(L * budget)`` per frame; HoliTom's scripts set ``SPATIAL_TOKENS`` 20/30/40/50 by hand for budgets
-  0.10/0.15/0.20/0.25, whereas ``round(196 * r)`` gives 20/29/39/49.
+- Budget -> ``S`` per frame (``budget_rule``, recorded in ``stats['budget_rule']``): ``"scripts"`` (default) uses the
+  authors' hand-set ``SPATIAL_TOKENS`` on 196-token LLaVA-OV frames, 20/30/40/50 at budgets 0.10/0.15/0.20/0.25
+  (``scripts/eval_ov-7b_visionzip.sh``), and ``round(L * budget)`` for any other (L, budget), which the scripts never
+  ran (``stats['budget_rule'] = "round"`` then); ``"round"`` always uses ``round(L * budget)`` (20/29/39/49 on 196).
 - ``contextual == 0`` (only with ``dominant_ratio=1``) returns the dominant tokens only; the reference divides by zero.
 - The merge ``bmm`` runs over all ``L`` source positions (zeros for non-members) instead of a gathered copy of the
   non-dominant rows: same sums, float rounding may differ in the last bits.
@@ -54,6 +56,10 @@ import torch
 from torch import Tensor
 
 from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+
+#: HoliTom's VisionZip script (scripts/eval_ov-7b_visionzip.sh): SPATIAL_TOKENS per 196-token frame by RETAIN_RATIO.
+SCRIPT_TOKENS = {196: {0.1: 20, 0.15: 30, 0.2: 40, 0.25: 50}}
+BUDGET_RULES = ("scripts", "round")
 
 
 def visionzip_split(tokens_per_frame: int, dominant_ratio: float) -> tuple[int, int]:
@@ -118,13 +124,15 @@ def visionzip_frames(
 
 @dataclass
 class VisionZip(PruningMethod):
-    """VisionZip (HoliTom's SigLIP port), per frame, ``round(L * budget)`` tokens per frame."""
+    """VisionZip (HoliTom's SigLIP port), per frame, ``S`` tokens per frame by ``budget_rule``."""
 
     name: str = "visionzip"
     #: share of each frame's tokens that are dominant (top attention); the rest are contextual (merged).
     dominant_ratio: float = 54 / 64
     #: sort each frame's output by position (HoliTom's LLaVA-Video ``grid`` path); False = OV ``one_token`` order.
     sort_by_position: bool = False
+    #: budget -> tokens per frame: "scripts" (the authors' SPATIAL_TOKENS where they ran, else round) or "round".
+    budget_rule: str = "scripts"
 
     stage = "pre_llm"
     display_name = "VisionZip"
@@ -138,10 +146,17 @@ class VisionZip(PruningMethod):
     def __post_init__(self) -> None:
         if not 0.0 <= self.dominant_ratio <= 1.0:
             raise ValueError(f"dominant_ratio={self.dominant_ratio!r} is outside the valid range [0, 1]")
+        if self.budget_rule not in BUDGET_RULES:
+            raise ValueError(f"budget_rule={self.budget_rule!r}; valid: {list(BUDGET_RULES)}")
 
-    def tokens_per_frame(self, tokens_per_frame_in: int, budget: float) -> int:
-        """Output tokens per frame: ``round(L * budget)``, at least 1."""
-        return max(1, min(tokens_per_frame_in, round(tokens_per_frame_in * check_budget(budget))))
+    def tokens_per_frame(self, tokens_per_frame_in: int, budget: float) -> tuple[int, str]:
+        """``(S, rule that gave it)``: the scripts' ``SPATIAL_TOKENS`` where they set one (``budget_rule="scripts"``),
+        else ``round(L * budget)``, at least 1."""
+        budget = check_budget(budget)
+        script = SCRIPT_TOKENS.get(tokens_per_frame_in, {}).get(round(budget, 6))
+        if self.budget_rule == "scripts" and script is not None:
+            return script, "scripts"
+        return max(1, min(tokens_per_frame_in, round(tokens_per_frame_in * budget))), "round"
 
     def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         """Per-frame VisionZip on ``x [N, L, D]`` with ``attn [N, L]`` and ``metric [N, L, Dm]`` (see module doc)."""
@@ -154,7 +169,7 @@ class VisionZip(PruningMethod):
             raise ValueError(f"visionzip needs attn of shape {(n, length)} (SigLIP received attention), got {got}")
         if metric is not None and metric.shape[:2] != (n, length):
             raise ValueError(f"visionzip metric must be [N, L, Dm] = [{n}, {length}, Dm], got {tuple(metric.shape)}")
-        s = self.tokens_per_frame(length, budget)
+        s, rule = self.tokens_per_frame(length, budget)
         dominant, contextual = visionzip_split(s, self.dominant_ratio)
         tokens, pos = visionzip_frames(
             x, attn, x if metric is None else metric, dominant, contextual, self.sort_by_position
@@ -167,6 +182,7 @@ class VisionZip(PruningMethod):
                 "tokens_in": n * length,
                 "tokens_out": n * s,
                 "tokens_per_frame": s,
+                "budget_rule": rule,
                 "dominant_per_frame": dominant,
                 "contextual_per_frame": contextual,
                 "metric": "x" if metric is None else "metric",

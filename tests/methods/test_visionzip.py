@@ -56,7 +56,7 @@ def test_fixture_is_present():
 @pytest.mark.parametrize("case", _reference_cases(), ids=lambda c: c["id"])
 def test_parity_with_holitom_port(case):
     x, attn, metric = make_inputs(case["seed"], case["n"], case["h"], case["w"], case["d"], case["dm"])
-    method = VisionZip(sort_by_position=case["grid"])
+    method = VisionZip(sort_by_position=case["grid"], budget_rule="round")  # the fixture ran SPATIAL_TOKENS = round(L r)
     sel = method.prune(x, budget=case["budget"], attn=attn, metric=metric)
     s = case["dominant"] + case["contextual"]
     assert sel.stats["tokens_per_frame"] == s
@@ -76,12 +76,12 @@ def test_parity_with_holitom_port(case):
 @pytest.mark.parametrize("budget", [0.05, 0.1, 0.15, 0.25, 0.5, 0.9])
 def test_budget_rule_and_indices(budget):
     x, attn, metric = make_inputs(1, n=2)
-    sel = VisionZip().prune(x, budget=budget, attn=attn, metric=metric)
+    sel = VisionZip(budget_rule="round").prune(x, budget=budget, attn=attn, metric=metric)
     s = max(1, round(196 * budget))
     dom, ctx = visionzip_split(s, 54 / 64)
     assert sel.tokens.shape == (2 * s, 8) and sel.indices.shape == (2 * s,)
     assert sel.stats == {"tokens_in": 392, "tokens_out": 2 * s, "tokens_per_frame": s, "dominant_per_frame": dom,
-                         "contextual_per_frame": ctx, "metric": "metric"}
+                         "contextual_per_frame": ctx, "metric": "metric", "budget_rule": "round"}
     assert sel.indices.unique().numel() == 2 * s
     assert 0 <= int(sel.indices.min()) and int(sel.indices.max()) < 392
     # Each frame's tokens come from that frame, dominant part = top-attention tokens.
