@@ -6,6 +6,7 @@ from tango.methods.base import PruningMethod, Selection, check_budget, identity_
 from tango.methods.none import NoPruning
 from tango.methods.dycoke import DyCoke
 from tango.methods.fastv import FastV
+from tango.methods.fastvid import FastVID
 from tango.methods.holitom import HoliTom
 from tango.methods.tango import Tango
 from tango.methods.visionzip import VisionZip
@@ -19,6 +20,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     "dycoke": DyCoke,
     "tango": Tango,
     "holitom": HoliTom,
+    "fastvid": FastVID,
 }
 
 

@@ -78,7 +78,8 @@ class LlavaOneVision(VideoAdapter):
     @contextmanager
     def _capture_attention(self, source: str | None):
         """While the tower runs, capture the method's attention source into the yielded dict: ``attn [F, Np]``
-        (and ``metric [F, Np, head_dim]`` for ``last_layer``), ``Np`` = patches per frame."""
+        (and ``metric [F, Np, head_dim]`` for ``last_layer``; ``global [F, C]``, the pooling head's output, the
+        frame-global feature, for ``pooling_head``), ``Np`` = patches per frame."""
         captured: dict[str, torch.Tensor] = {}
         tower = self.model.model.vision_tower
         if source is None:
@@ -86,15 +87,18 @@ class LlavaOneVision(VideoAdapter):
             return
         if source == "pooling_head" and getattr(tower, "head", None) is not None:
             # nn.MultiheadAttention returns weights averaged over heads: [F, 1, Np].
-            handle = tower.head.attention.register_forward_hook(
-                lambda mod, args, out: captured.__setitem__("attn", out[1][:, 0]))
+            handles = [tower.head.attention.register_forward_hook(
+                lambda mod, args, out: captured.__setitem__("attn", out[1][:, 0])),
+                tower.head.register_forward_hook(lambda mod, args, out: captured.__setitem__("global", out))]
+            handle = _Handles(handles)
         elif source == "pooling_head":
             head = self._load_pooling_head()
+            inner = head.attention.register_forward_hook(
+                lambda mod, args, out: captured.__setitem__("attn", out[1][:, 0]))
 
             def on_tower(mod, args, out):  # the head reads the tower's post-LN output, as inside SigLIP
-                h = out.last_hidden_state
-                captured["attn"] = head.attention(head.probe.expand(h.shape[0], -1, -1), h, h)[1][:, 0]
-            handle = tower.register_forward_hook(on_tower)
+                captured["global"] = head(out.last_hidden_state)  # [F, C]; its attention is captured on the way
+            handle = _Handles([inner, tower.register_forward_hook(on_tower)])
         elif source == "last_layer":
             handle = tower.encoder.layers[-1].self_attn.register_forward_hook(
                 lambda mod, args, kwargs, out: captured.update(_received_attention(mod, kwargs["hidden_states"])),
@@ -150,7 +154,8 @@ class LlavaOneVision(VideoAdapter):
             x, newline = self._encode(inputs["pixel_values_videos"])
         n = x.shape[0]
         attn = self._pool_like_features(cap["attn"]) if "attn" in cap else None
-        metric = self._pool_like_features(cap["metric"]) if "metric" in cap else None
+        # last_layer: its keys, pooled like the features; pooling_head: the head's frame-global output [F, C]
+        metric = self._pool_like_features(cap["metric"]) if "metric" in cap else cap.get("global")
         timestamps = torch.as_tensor(clip.timestamps, dtype=torch.float32, device=self.device)
         with sw("pruning"):
             sel = method.prune(x, budget=budget, attn=attn, timestamps=timestamps, grid=self.grid, metric=metric)
@@ -170,6 +175,17 @@ class LlavaOneVision(VideoAdapter):
         stats["tflops_llm_paper"] = llm_prefill_macs_paper(self.model.config.text_config, per_layer) / 1e12
         stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
         return Generation(text=text, stats=stats)
+
+
+class _Handles:
+    """Several hook handles removed as one."""
+
+    def __init__(self, handles):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 def load_pooling_head(source: str, vision_config):

@@ -107,6 +107,12 @@ def test_attention_source_reaches_the_method(adapter, clip):
     # Bilinear 8x8 -> 4x4 averages 2x2 blocks of probabilities that sum to 1 over 64 patches.
     torch.testing.assert_close(attn.sum(-1), torch.full((16,), 0.25), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(timestamps, torch.as_tensor(clip.timestamps, dtype=torch.float32))
+    # metric = the pooling head's own output per frame (FastVID's frame-global feature), not pooled
+    tower = adapter.model.model.vision_tower
+    with torch.inference_mode():
+        own = tower(inputs["pixel_values_videos"][0]).pooler_output
+    assert method.seen_metric.shape == (16, tower.config.hidden_size)
+    torch.testing.assert_close(method.seen_metric, own)
 
 
 def test_last_layer_attention_matches_eager(adapter, clip):
@@ -176,6 +182,7 @@ def test_pooling_head_loaded_from_a_siglip_checkpoint(tiny_llava_dir, tmp_path, 
     with_head.generate(inputs, clip, a, 0.5, max_new_tokens=1)
     headless.generate(inputs, clip, b, 0.5, max_new_tokens=1)
     torch.testing.assert_close(b.seen[0], a.seen[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(b.seen_metric, a.seen_metric, rtol=1e-6, atol=1e-6)  # the loaded head's output too
     no_source = load_adapter("llava_ov", **kw)
     del no_source.model.model.vision_tower.head
     no_source.model.model.vision_tower.use_head = False

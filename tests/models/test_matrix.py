@@ -70,7 +70,7 @@ def test_budget_one_is_the_identity(adapters, clip, family, name):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("name", ["tango", "visionzip", "dycoke", "holitom"])
+@pytest.mark.parametrize("name", ["tango", "visionzip", "dycoke", "holitom", "fastvid"])
 def test_pruned_prompt_length_is_the_realized_budget(adapters, clip, family, name):
     if METHODS[name].families and family not in METHODS[name].families:
         pytest.skip(f"{name} does not support {family} (tested by test_budget_one_is_the_identity)")

@@ -1,0 +1,189 @@
+"""FastVID: dynamic density pruning for fast video LLMs (NeurIPS'25), LLaVA-OneVision's parallel implementation.
+
+Reproduced: ``LunarShen/FastVID@a40a109cb8df20e8c2c17c6850f8269717369990``,
+``fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py::Qwen2Model.forward`` (the block
+between the ``FastVID`` markers, run at prefill before decoder layer 0). Parity is tested against that block,
+executed unmodified on seeded inputs (``tests/fixtures/fastvid/``: exact kept indices, features to rtol 1e-5). Spec:
+``/work/shared/docs/methods-holitom-fastvid.md`` §2.
+
+On ``x [N, L, D]`` (the video's LLM input embeddings), ``attn [N, L]`` (the SigLIP attention-pooling head's probe
+attention, pooled like the features: the harness's ``pooling_head`` source, Tango's) and ``metric [N, Dg]`` (the
+same head's pooled output, the frame-global feature):
+
+1. DySeg: ``s = cos(g_f, g_{f+1})`` of the global features; cuts after the ``c - 1`` least similar transitions and
+   every transition with ``s < tau`` (:func:`tango_ops.fastvid_segments`, the cuts Tango uses);
+2. per frame ``R = int(L r)``, ``salient = R - int(R d)``, ``context = int(R d)``; in a segment of n frames the
+   anchor frames are the last and every ``p``-th before it, each with ``(context * n) // ceil(n / p)`` anchors;
+3. salient tokens: every frame's top ``salient`` by ``attn``;
+4. density on each frame's non-salient tokens (the shared :func:`tango.methods.dpc.dpc_knn`, FastVID's variant:
+   distances ``/ sqrt(D)``, 4 nearest including the point itself; one noise draw ``[N, L - salient]``);
+5. single-frame segments: anchors = the frame's top ``context`` by density score; every non-salient token of the
+   frame (anchors included) joins the anchor of highest cosine; multi-frame segments: per anchor frame, its top
+   ``(context * n) // ceil(n / p)`` tokens, the pool being the non-salient tokens of every frame of the segment;
+   an anchor with ``n`` members becomes ``w * anchor + (1 - w) * mean(members)``, ``w = max(1 / (n + 1), beta)``;
+6. output: salient and anchor tokens in flat index order (frame-major raster).
+
+Kept count: ``N * salient`` + the anchors, at most ``N * int(L r)`` (below it where ``(context * n) // ceil(n / p)``
+floors), recorded with the segment sizes in ``stats``.
+
+Hyperparameters are the authors' (``scripts/eval.sh``; defaults in the fork's config): ``c`` 8, ``tau`` 0.9, ``d``
+0.4, ``p`` 4, ``beta`` 0.6.
+
+Intentional deviations:
+
+- Positions: upstream prunes inside ``Qwen2Model.forward`` and keeps the kept tokens' **original** position ids
+  (text after the video keeps its positions, leaving a gap); here, as for every pre-LLM method on LLaVA, the LLM
+  sees the kept tokens with contiguous positions. The token set and features are the reference's.
+- Only the LLaVA-OV fork's algorithm: the LLaVA-Video fork (64 frames hard-coded, per-segment budget, grid
+  newlines) and the Qwen2.5-VL fork (sub-segment split, at-least-one context) differ (spec §2.5-2.6) and are refused
+  with a clear error until they are built (``families``).
+- Fewer frames than ``c`` (upstream: ``topk`` raises): every transition is cut (the shared segmentation's guard).
+- Tie-breaking noise from a ``torch.Generator`` seeded with ``seed`` (upstream: the global RNG), drawn once with the
+  reference's shape, so a run is deterministic.
+- ``budget == 1`` returns the input unchanged.
+- Distances are the shared DPC's on upstream's distances scaled by ``sqrt(3/4)`` (same density ranking); merges
+  run over gathered pools as upstream, in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+from tango.methods.dpc import dpc_knn
+from tango.methods.tango_ops import fastvid_segments
+
+K_DENSITY = 4  # FastVID's neighbourhood, hard-coded upstream, the point itself included
+
+
+def anchor_schedule(sizes: list[int], context: int, p: int) -> list[int]:
+    """Anchors per frame: in a segment of n frames, ``(context * n) // ceil(n / p)`` on the last frame and every
+    ``p``-th before it, 0 elsewhere; a single-frame segment gets ``context``."""
+    out: list[int] = []
+    for n in sizes:
+        cur = (context * n) // math.ceil(n / p)
+        out += [cur if (n - 1 - i) % p == 0 else 0 for i in range(n)]
+    return out
+
+
+def merge_into_anchors(pool: Tensor, anchors: Tensor, beta: float) -> Tensor:
+    """FastVID's DTM merge, batched: ``pool [B, P, D]``, ``anchors [B, A, D]`` (rows of the pool) -> merged anchors.
+
+    Each pool token joins the anchor of highest cosine (first on ties); an anchor with ``n`` members becomes
+    ``w * anchor + (1 - w) * mean(members)``, ``w = max(1 / (n + 1), beta)``."""
+    pn = pool / pool.norm(dim=-1, keepdim=True)
+    an = anchors / anchors.norm(dim=-1, keepdim=True)
+    assign = torch.bmm(pn, an.transpose(1, 2)).argmax(dim=2)  # [B, P]
+    onehot = torch.zeros(*assign.shape, anchors.shape[1], dtype=pool.dtype, device=pool.device)
+    onehot.scatter_(2, assign.unsqueeze(-1), 1)
+    n = onehot.sum(dim=1).unsqueeze(-1)  # [B, A, 1]
+    w = (1 / (n + 1)).clamp(min=beta)
+    mean = torch.bmm(onehot.transpose(1, 2), pool) / n.clamp(min=1)
+    return w * anchors + (1 - w) * mean
+
+
+@dataclass
+class FastVID(PruningMethod):
+    """FastVID (LLaVA-OV parallel implementation): DySeg + salient top-k + density anchors with temporal merging."""
+
+    name: str = "fastvid"
+    #: c: DySeg makes the c - 1 least similar transitions cuts (``fastvid_DySeg_c``).
+    segments: int = 8
+    #: tau: every transition whose global cosine is below it is a cut too (``fastvid_DySeg_tau``).
+    tau: float = 0.9
+    #: d: share of a frame's budget given to density anchors (``fastvid_STPrune_d``).
+    context_ratio: float = 0.4
+    #: p: anchor-frame stride inside a segment (``fastvid_DTM_p``).
+    anchor_stride: int = 4
+    #: minimum anchor weight in the merge (``fastvid_DTM_beta``).
+    beta: float = 0.6
+    #: seed of the density tie-breaking noise.
+    seed: int = 0
+    dpc_noise: float = 1e-6
+
+    needs_attention = True
+    attention_source = "pooling_head"
+    display_name = "FastVID"
+    color = "#F0E442"  # Okabe-Ito yellow
+    families = ("llava_ov",)  # the LLaVA-Video and Qwen2.5-VL forks run other algorithms (module doc)
+
+    def __post_init__(self) -> None:
+        if self.segments < 1:
+            raise ValueError(f"segments={self.segments!r} must be >= 1 (c: DySeg cuts c - 1 transitions)")
+        if not 0.0 <= self.context_ratio < 1.0:
+            raise ValueError(f"context_ratio={self.context_ratio!r} must be in [0, 1)")
+        if self.anchor_stride < 1:
+            raise ValueError(f"anchor_stride={self.anchor_stride!r} must be >= 1")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta={self.beta!r} must be in [0, 1]")
+
+    def split(self, tokens_per_frame: int, budget: float) -> tuple[int, int]:
+        """``(salient, context)`` per frame: ``R = int(L r)``, ``context = int(R d)``, ``salient = R - context``."""
+        r = int(tokens_per_frame * budget)
+        context = int(r * self.context_ratio)
+        return r - context, context
+
+    def prune(self, x: Tensor, *, budget: float, attn: Tensor | None = None, timestamps=None, grid=None,
+              metric: Tensor | None = None) -> Selection:
+        budget = check_budget(budget)
+        if budget == 1.0:
+            return identity_selection(x)
+        n, l, d = x.shape
+        if attn is None or attn.shape != (n, l):
+            raise ValueError(f"fastvid needs attn [N, L] = {[n, l]} (the SigLIP pooling head's attention), got "
+                             f"{None if attn is None else tuple(attn.shape)}")
+        if metric is None or metric.dim() != 2 or metric.shape[0] != n:
+            raise ValueError(f"fastvid needs metric [N, Dg] with N={n}: the frame-global feature (the SigLIP pooling "
+                             f"head's output), got {None if metric is None else tuple(metric.shape)}")
+        salient, context = self.split(l, budget)
+        if salient < 1 or (context > 0 and l - salient < context):
+            raise ValueError(f"budget={budget} gives salient={salient}, context={context} of L={l} tokens per frame")
+        g = metric.float() / metric.float().norm(dim=1, keepdim=True)
+        sizes = fastvid_segments((g[:-1] * g[1:]).sum(dim=1), self.segments - 1, self.tau) if n > 1 else [1]
+        per_frame = torch.tensor(anchor_schedule(sizes, context, self.anchor_stride), device=x.device)
+
+        xf = x.float()
+        sal = attn.topk(salient, dim=1).indices  # [N, salient]
+        is_sal = torch.zeros(n, l, dtype=torch.bool, device=x.device).scatter_(1, sal, True)
+        rest = (~is_sal).nonzero()[:, 1].view(n, l - salient)  # non-salient positions, ascending
+        pool = xf.gather(1, rest.unsqueeze(-1).expand(-1, -1, d))  # [N, l - salient, D]
+        base = torch.arange(n, device=x.device)[:, None] * l
+        tokens, indices = [xf.gather(1, sal.unsqueeze(-1).expand(-1, -1, d)).flatten(0, 1)], [(base + sal).flatten()]
+        n_anchor = int(per_frame.max()) if context > 0 else 0
+        if n_anchor > 0:
+            dist = torch.cdist(pool, pool) / (d**0.5) * math.sqrt((K_DENSITY - 1) / K_DENSITY)
+            gen = torch.Generator().manual_seed(self.seed)
+            # One call over every frame: one noise draw [N, L - salient]; scores sorted descending, so the top-k of a
+            # frame is the first k of this list whatever k that frame gets.
+            ranked = dpc_knn(pool, min(n_anchor, l - salient), K_DENSITY - 1, generator=gen, noise=self.dpc_noise,
+                             dist=dist)  # [N, n_anchor] into the pool
+            single = (per_frame == context).nonzero().flatten()  # frames of single-frame segments
+            if single.numel():
+                a = ranked[single, :context]
+                anchors = pool[single].gather(1, a.unsqueeze(-1).expand(-1, -1, d))
+                tokens.append(merge_into_anchors(pool[single], anchors, self.beta).flatten(0, 1))
+                indices.append((base[single] + rest[single].gather(1, a)).flatten())
+            start = 0
+            for size in sizes:  # multi-frame segments: each anchor frame merges the whole segment's pool
+                frames = torch.arange(start, start + size, device=x.device)
+                start += size
+                if size == 1:
+                    continue
+                f = frames[per_frame[frames] > context]
+                cur = int(per_frame[f[0]])
+                a = ranked[f, :cur]
+                anchors = pool[f].gather(1, a.unsqueeze(-1).expand(-1, -1, d))
+                seg_pool = pool[frames].reshape(1, -1, d).expand(f.numel(), -1, -1)
+                tokens.append(merge_into_anchors(seg_pool, anchors, self.beta).flatten(0, 1))
+                indices.append((base[f] + rest[f].gather(1, a)).flatten())
+        idx = torch.cat(indices)
+        order = idx.argsort()
+        out = torch.cat(tokens)[order].to(x.dtype)
+        stats = {"tokens_in": n * l, "tokens_out": int(idx.numel()), "segments": len(sizes),
+                 "salient_per_frame": salient, "context_per_frame": context,
+                 "budget_rule": f"int(L*r)={salient + context} per frame"}
+        return Selection(tokens=out, indices=idx[order], stats=stats)

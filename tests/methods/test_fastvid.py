@@ -1,0 +1,79 @@
+"""FastVID (LLaVA-OV parallel implementation): parity with the authors' pruning block, counts, and properties."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_tango import make_video
+
+from tango.methods import METHODS
+from tango.methods.fastvid import FastVID, anchor_schedule
+
+pytestmark = pytest.mark.unit
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fastvid" / "reference.json"
+
+
+def planted(video: dict) -> dict:
+    """``make_video(**video)`` plus ``global [N, D]``: each frame's mean token (a frame-global feature that is close
+    within a scene and far across scenes, so DySeg finds both multi-frame segments and cuts)."""
+    v = make_video(**video)
+    v["global"] = v["x"].mean(dim=1)
+    return v
+
+
+def _cases():
+    return json.loads(FIXTURE.read_text())["cases"] if FIXTURE.exists() else []
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c["name"])
+def test_parity_with_upstream(case):
+    v = planted(case["video"])
+    m = FastVID(segments=case["segments"], tau=case["tau"], seed=case["seed"])
+    sel = m.prune(v["x"], budget=case["budget"], attn=v["attn"], metric=v["global"])
+    assert sel.indices.tolist() == case["indices"]
+    torch.testing.assert_close(sel.tokens, torch.tensor(case["tokens"]), rtol=1e-5, atol=1e-5)
+
+
+def test_fixture_has_multi_frame_segments_and_cuts():
+    fixture = json.loads(FIXTURE.read_text())
+    assert fixture["commit"].startswith("a40a109") and len(fixture["cases"]) >= 5
+    for case in fixture["cases"]:
+        v = planted(case["video"])
+        sizes = FastVID(segments=case["segments"], tau=case["tau"]).prune(
+            v["x"], budget=case["budget"], attn=v["attn"], metric=v["global"]).stats["segments"]
+        assert 1 < sizes <= v["x"].shape[0]
+    long = next(c for c in fixture["cases"] if c["name"] == "long_segments_b020")
+    assert max(anchor_schedule([9, 7], 2, 4)) > 2  # several anchor frames per segment, each with more anchors
+
+
+def test_anchor_schedule_is_the_reference_rule():
+    # n = 9, p = 4: anchor frames 8, 4, 0 (the last and every 4th before it), (c * 9) // ceil(9 / 4) = 3c each
+    assert anchor_schedule([9], 2, 4) == [6, 0, 0, 0, 6, 0, 0, 0, 6]
+    assert anchor_schedule([1, 2], 3, 4) == [3, 0, 6]
+
+
+@pytest.mark.parametrize("budget,per_frame", [(0.10, 19), (0.15, 29), (0.20, 39), (0.25, 49)])
+def test_count_is_int_l_r_per_frame_at_most(budget, per_frame):
+    """int(196 r) per frame (19/29/39/49 at the published ratios), fewer where (c n) // ceil(n / p) floors."""
+    v = planted({"seed": 1, "n": 16, "h": 14, "w": 14, "d": 32, "scenes": (6, 6, 4)})
+    sel = FastVID().prune(v["x"], budget=budget, attn=v["attn"], metric=v["global"])
+    assert sel.stats["salient_per_frame"] + sel.stats["context_per_frame"] == per_frame
+    assert 16 * sel.stats["salient_per_frame"] < sel.stats["tokens_out"] <= 16 * per_frame
+    assert sel.indices.unique().numel() == sel.indices.numel() and bool((sel.indices.diff() > 0).all())
+
+
+def test_salient_tokens_are_copies_and_bad_inputs_are_named():
+    assert METHODS["fastvid"] is FastVID and FastVID.attention_source == "pooling_head"
+    v = planted({"seed": 2})
+    sel = FastVID().prune(v["x"], budget=0.25, attn=v["attn"], metric=v["global"])
+    copies = (sel.tokens == v["x"].flatten(0, 1)[sel.indices]).all(dim=1)
+    assert int(copies.sum()) >= v["x"].shape[0] * sel.stats["salient_per_frame"]
+    assert torch.equal(FastVID().prune(v["x"], budget=1.0, attn=v["attn"], metric=v["global"]).tokens,
+                       v["x"].flatten(0, 1))
+    with pytest.raises(ValueError, match="metric \\[N, Dg\\]"):
+        FastVID().prune(v["x"], budget=0.25, attn=v["attn"])
+    with pytest.raises(ValueError, match="context_ratio=1.5"):
+        FastVID(context_ratio=1.5)
