@@ -12,7 +12,13 @@ Output: ``results/methods/bench_<device>.csv`` (``bench_<device>_smoke.csv`` wit
 dtype x frames x method x budget with the device name, torch version, thread count, median / p90 ms, realised
 ``tokens_in`` / ``tokens_out``, the host's 1-minute load average, the date and, on CUDA, the peak memory one call allocates beyond
 its inputs (``peak_extra_mib``: Tango's segment-wide distances are computed in blocks, so it grows linearly, not
-quadratically, in frames).
+quadratically, in frames). Methods on the ``pooling_head`` source (Tango, FastVID) get ``metric`` as a frame-global
+feature ``[frames, 1152]`` (the SigLIP head's output), the others the keys above.
+
+``--reference holitom=/path/to/HoliTom fastvid=/path/to/FastVID`` also times the authors' implementation of those
+methods, loaded from a local clone at its pinned commit by ``scripts/upstream.py`` (never committed), on the same
+inputs: ``reference_ms``, ``speedup_vs_reference`` (reference / harness median) and ``matches_reference`` (the same
+kept indices in the same order).
 
 Examples::
 
@@ -22,6 +28,8 @@ Examples::
     python scripts/bench_methods.py --methods visionzip dycoke --budgets 0.1 0.25 --devices cuda
     python scripts/bench_methods.py --methods tango --frames 32 --append      # add rows to the existing CSV
     python scripts/bench_methods.py --methods tango --budgets 0.1 --scene one_segment   # Tango's memory worst case
+    python scripts/bench_methods.py --methods holitom fastvid --frames 32 --dtypes float32 --threads 2 \
+        --reference holitom=../HoliTom fastvid=../FastVID                      # against the authors' code
 """
 
 from __future__ import annotations
@@ -41,14 +49,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from tango.methods import METHODS  # noqa: E402
 from tango.environment import lock_status  # noqa: E402
+import upstream  # noqa: E402  (scripts/upstream.py: the authors' code from a local clone, for --reference)
 
 FIELDS = ["date", "device", "device_name", "torch", "cuda", "lock_sha256", "env_matches_lock", "threads", "scene",
           "dtype", "frames", "tokens_per_frame", "dim", "method", "budget", "median_ms", "p90_ms", "repeats", "tokens_in",
-          "tokens_out", "load_avg_1m", "peak_extra_mib"]
+          "tokens_out", "load_avg_1m", "peak_extra_mib", "reference_ms", "speedup_vs_reference", "matches_reference",
+          "reference_commit"]
 
 
 def device_name(device: str) -> str:
@@ -127,7 +137,17 @@ def make_inputs(frames: int, grid: tuple[int, int], dim: int, metric_dim: int, d
     attn = (attn / attn.sum(1, keepdim=True)).to(device)
     timestamps = (torch.arange(frames, dtype=torch.float32) * 2.0).to(device)
     metric = torch.randn(frames, length, metric_dim, generator=g).to(device=device, dtype=dtype)
-    return x, attn, timestamps, metric
+    glob = torch.randn(frames, 1152, generator=g).to(device=device, dtype=dtype)
+    return x, attn, timestamps, metric, glob
+
+
+def reference_call(name: str, run, method, x, attn, glob, budget: float):
+    """The authors' implementation of ``name`` on the inputs the harness method gets, with its settings."""
+    if name == "holitom":
+        return lambda: run(x, attn, budget, tau=method.threshold(budget), seed=method.seed)
+    if name == "fastvid":
+        return lambda: run(x, attn, glob, budget, c=method.segments, tau=method.tau, seed=method.seed)
+    raise ValueError(f"no reference call for {name!r}")
 
 
 def parse_args(argv=None):
@@ -148,6 +168,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     p.add_argument("--out-dir", type=Path, default=ROOT / "results" / "methods")
     p.add_argument("--append", action="store_true", help="append rows to an existing CSV instead of replacing it")
+    p.add_argument("--reference", nargs="+", default=[], metavar="METHOD=PATH",
+                   help="time the authors' code of METHOD from the clone at PATH (holitom, fastvid)")
     args = p.parse_args(argv)
     if args.smoke:
         args.frames, args.dim, args.grid, args.metric_dim = [4], 64, [4, 4], 8
@@ -166,6 +188,12 @@ def main(argv=None) -> Path:
         raise SystemExit(f"unknown methods {unknown}; valid: {sorted(METHODS)}")
     grid = tuple(args.grid)
     lock = lock_status()
+    refs = {}
+    for item in args.reference:
+        name, _, path = item.partition("=")
+        if name not in upstream.LOADERS or not path:
+            raise SystemExit(f"--reference {item!r}: expected METHOD=PATH with METHOD in {sorted(upstream.LOADERS)}")
+        refs[name] = upstream.load(name, path)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     skipped: dict[str, str] = {}
     paths = []
@@ -175,16 +203,17 @@ def main(argv=None) -> Path:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for frames in args.frames:
-                x, attn, timestamps, metric = make_inputs(frames, grid, args.dim, args.metric_dim, dtype, device,
-                                                          scene=args.scene)
+                x, attn, timestamps, metric, glob = make_inputs(frames, grid, args.dim, args.metric_dim, dtype,
+                                                                device, scene=args.scene)
                 for name in names:
                     if name in skipped:
                         continue
                     method = METHODS[name]()
+                    m_in = glob if method.needs_attention and method.attention_source == "pooling_head" else metric
                     for budget in [1.0] if name == "none" else args.budgets:
-                        def call(method=method, budget=budget):
+                        def call(method=method, budget=budget, m_in=m_in):
                             return method.prune(x, budget=budget, attn=attn, timestamps=timestamps, grid=grid,
-                                                metric=metric)
+                                                metric=m_in)
                         try:
                             sel = call()
                         except NotImplementedError as err:
@@ -194,6 +223,15 @@ def main(argv=None) -> Path:
                             print(f"skip {name} budget={budget}: {err}", flush=True)
                             continue
                         times = time_ms(call, device, args.warmup, args.repeats)
+                        ref = {}
+                        if name in refs and budget < 1.0:
+                            ref_call = reference_call(name, refs[name], method, x, attn, glob, budget)
+                            ref_times = time_ms(ref_call, device, args.warmup, args.repeats)
+                            ref_ms = statistics.median(ref_times)
+                            same = torch.equal(ref_call()["indices"].to(sel.indices.device), sel.indices)
+                            ref = dict(reference_ms=round(ref_ms, 4),
+                                       speedup_vs_reference=round(ref_ms / statistics.median(times), 3),
+                                       matches_reference=same, reference_commit=upstream.COMMITS[name][:7])
                         row = dict(date=date, device=device, device_name=device_name(device), torch=torch.__version__,
                                    cuda=lock["cuda"], lock_sha256=lock["lock_sha256"],
                                    env_matches_lock=lock["env_matches_lock"],
@@ -202,12 +240,14 @@ def main(argv=None) -> Path:
                                    median_ms=round(statistics.median(times), 4), p90_ms=round(p90(times), 4),
                                    repeats=len(times), tokens_in=sel.stats.get("tokens_in"),
                                    tokens_out=sel.stats.get("tokens_out"), load_avg_1m=load_average(),
-                                   peak_extra_mib=peak_extra_mib(call, device))
+                                   peak_extra_mib=peak_extra_mib(call, device), **ref)
                         rows.append(row)
                         print(f"{device:5s} {dtype_name:8s} {frames:4d}f {name:10s} b={budget:<5g} "
                               f"median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
-                              f"tokens {row['tokens_in']} -> {row['tokens_out']}", flush=True)
-                del x, attn, timestamps, metric
+                              f"tokens {row['tokens_in']} -> {row['tokens_out']}"
+                              + (f"  authors' code {ref['reference_ms']:9.3f} ms ({ref['speedup_vs_reference']}x, same "
+                                 f"indices: {ref['matches_reference']})" if ref else ""), flush=True)
+                del x, attn, timestamps, metric, glob
         args.out_dir.mkdir(parents=True, exist_ok=True)
         path = args.out_dir / f"bench_{slug}{'_smoke' if args.smoke else ''}.csv"
         new = not (args.append and path.exists())

@@ -41,8 +41,13 @@ Intentional deviations:
 - Tie-breaking noise from a ``torch.Generator`` seeded with ``seed`` (upstream: the global RNG), drawn once with the
   reference's shape, so a run is deterministic.
 - ``budget == 1`` returns the input unchanged.
-- Distances are the shared DPC's on upstream's distances scaled by ``sqrt(3/4)`` (same density ranking); merges
-  run over gathered pools as upstream, in float32.
+- The merge assigns each pool token by ``argmax`` of its dot product with the normalised anchors (upstream also
+  normalises the pool token, a positive per-row factor that cannot change the argmax except at rounding-level ties).
+- Distances come from one Gram matrix (:func:`gram_dist`) instead of ``torch.cdist``: last-bit differences (and an
+  exact zero self-distance where upstream's is cancellation noise) could reorder an exact density near-tie; on the
+  parity fixtures and the 32 x 196 x 3584 benchmark the kept indices are identical. They are scaled by
+  ``sqrt(3/4) / sqrt(D)`` for the shared DPC (same density ranking as upstream's self-inclusive mean). Merges run
+  over gathered pools as upstream, in float32.
 """
 
 from __future__ import annotations
@@ -70,14 +75,24 @@ def anchor_schedule(sizes: list[int], context: int, p: int) -> list[int]:
     return out
 
 
+def gram_dist(p: Tensor) -> Tensor:
+    """Pairwise Euclidean distances ``[B, M, M]`` of ``p [B, M, D]`` from one Gram matrix (``|a|^2 + |b|^2 - 2 a.b``,
+    zero diagonal): 2.7x faster than ``torch.cdist``'s matmul path on 32 x 184 x 3584, whose padded copies it avoids;
+    off-diagonal values agree to ~3e-7 relative (upstream's diagonal is cancellation noise, here exactly 0)."""
+    sq = torch.linalg.vector_norm(p, dim=-1).square()
+    g = torch.baddbmm(sq[:, :, None] + sq[:, None, :], p, p.transpose(1, 2), alpha=-2)
+    g.diagonal(dim1=1, dim2=2).zero_()
+    return g.clamp_min_(0).sqrt_()
+
+
 def merge_into_anchors(pool: Tensor, anchors: Tensor, beta: float) -> Tensor:
     """FastVID's DTM merge, batched: ``pool [B, P, D]``, ``anchors [B, A, D]`` (rows of the pool) -> merged anchors.
 
     Each pool token joins the anchor of highest cosine (first on ties); an anchor with ``n`` members becomes
     ``w * anchor + (1 - w) * mean(members)``, ``w = max(1 / (n + 1), beta)``."""
-    pn = pool / pool.norm(dim=-1, keepdim=True)
     an = anchors / anchors.norm(dim=-1, keepdim=True)
-    assign = torch.bmm(pn, an.transpose(1, 2)).argmax(dim=2)  # [B, P]
+    # A pool token's own norm scales all its cosines alike, so the argmax needs only the anchors normalised.
+    assign = torch.bmm(pool, an.transpose(1, 2)).argmax(dim=2)  # [B, P]
     onehot = torch.zeros(*assign.shape, anchors.shape[1], dtype=pool.dtype, device=pool.device)
     onehot.scatter_(2, assign.unsqueeze(-1), 1)
     n = onehot.sum(dim=1).unsqueeze(-1)  # [B, A, 1]
@@ -150,12 +165,13 @@ class FastVID(PruningMethod):
         sal = attn.topk(salient, dim=1).indices  # [N, salient]
         is_sal = torch.zeros(n, l, dtype=torch.bool, device=x.device).scatter_(1, sal, True)
         rest = (~is_sal).nonzero()[:, 1].view(n, l - salient)  # non-salient positions, ascending
-        pool = xf.gather(1, rest.unsqueeze(-1).expand(-1, -1, d))  # [N, l - salient, D]
-        base = torch.arange(n, device=x.device)[:, None] * l
-        tokens, indices = [xf.gather(1, sal.unsqueeze(-1).expand(-1, -1, d)).flatten(0, 1)], [(base + sal).flatten()]
+        frame = torch.arange(n, device=x.device)[:, None]
+        pool = xf[frame, rest]  # [N, l - salient, D]; row indexing, not an element-wise gather
+        base = frame * l
+        tokens, indices = [xf[frame, sal].flatten(0, 1)], [(base + sal).flatten()]
         n_anchor = int(per_frame.max()) if context > 0 else 0
         if n_anchor > 0:
-            dist = torch.cdist(pool, pool) / (d**0.5) * math.sqrt((K_DENSITY - 1) / K_DENSITY)
+            dist = gram_dist(pool) * (math.sqrt((K_DENSITY - 1) / K_DENSITY) / d**0.5)
             gen = torch.Generator().manual_seed(self.seed)
             # One call over every frame: one noise draw [N, L - salient]; scores sorted descending, so the top-k of a
             # frame is the first k of this list whatever k that frame gets.
@@ -164,8 +180,9 @@ class FastVID(PruningMethod):
             single = (per_frame == context).nonzero().flatten()  # frames of single-frame segments
             if single.numel():
                 a = ranked[single, :context]
-                anchors = pool[single].gather(1, a.unsqueeze(-1).expand(-1, -1, d))
-                tokens.append(merge_into_anchors(pool[single], anchors, self.beta).flatten(0, 1))
+                own = pool if single.numel() == n else pool[single]  # every frame its own segment: no copy
+                anchors = own[torch.arange(own.shape[0], device=x.device)[:, None], a]
+                tokens.append(merge_into_anchors(own, anchors, self.beta).flatten(0, 1))
                 indices.append((base[single] + rest[single].gather(1, a)).flatten())
             start = 0
             for size in sizes:  # multi-frame segments: each anchor frame merges the whole segment's pool
@@ -176,7 +193,7 @@ class FastVID(PruningMethod):
                 f = frames[per_frame[frames] > context]
                 cur = int(per_frame[f[0]])
                 a = ranked[f, :cur]
-                anchors = pool[f].gather(1, a.unsqueeze(-1).expand(-1, -1, d))
+                anchors = pool[f[:, None], a]
                 seg_pool = pool[frames].reshape(1, -1, d).expand(f.numel(), -1, -1)
                 tokens.append(merge_into_anchors(seg_pool, anchors, self.beta).flatten(0, 1))
                 indices.append((base[f] + rest[f].gather(1, a)).flatten())

@@ -10,7 +10,8 @@ seeded inputs (``tests/fixtures/holitom/``: exact kept indices, features to rtol
 On ``x [N, L, D]`` (projected, pooled tokens) with ``attn [N, L]`` = attention **received** in the last layer of the
 vision tower, pooled like the features (the harness's ``last_layer`` source, VisionZip's; its metric is unused):
 
-1. ``sim = cosine(normalize(x)[:-1], normalize(x)[1:])`` ``[N-1, L]`` (upstream's exact call);
+1. ``sim = cosine(normalize(x)[:-1], normalize(x)[1:])`` ``[N-1, L]``, only ever compared with ``tau``
+   (:func:`threshold_cosine`: fast, with upstream's exact call near ``tau``, so every decision is upstream's);
 2. windows from HoliTom's dynamic program over static-token gains (:func:`tango_ops.holitom_segments`, the DP Tango
    uses), ``total_reduced = sum over windows of (W-1) * #static positions``;
 3. one global ratio ``r' = min(budget / ((N L - total_reduced) / (N L)), 1)``;
@@ -66,6 +67,26 @@ from tango.methods.tango_ops import holitom_segments
 #: the authors' LLaVA-OV-7B scripts: T = 0.65 at RETAIN_RATIO 0.10, 0.80 at 0.15 / 0.20 / 0.25.
 SCRIPT_TAU = {0.1: 0.65}
 DEFAULT_TAU = 0.8
+
+
+def threshold_cosine(x: Tensor, tau: float, margin: float = 1e-4) -> Tensor:
+    """HoliTom's ``cosine(normalize(x)[:-1], normalize(x)[1:])`` ``[N-1, L]`` for comparisons with ``tau``.
+
+    Computed as ``dot / (|a| |b|)`` with one batched matmul (8x faster than upstream's normalise-then-cosine on 32 x
+    196 x 3584), then recomputed with upstream's exact call wherever it lies within ``margin`` of ``tau`` (the two
+    differ by ~1e-8 in float32), so every ``> tau`` decision is upstream's. Values away from ``tau`` may differ in
+    the last bits; nothing else reads them."""
+    n, l, d = x.shape
+    xf = x.float()
+    norm = torch.linalg.vector_norm(xf, dim=-1)
+    dot = torch.bmm(xf[:-1].reshape(-1, 1, d), xf[1:].reshape(-1, d, 1)).view(n - 1, l)
+    sim = dot / (norm[:-1] * norm[1:]).clamp_min(1e-12)
+    near = ((sim - tau).abs() < margin).nonzero()
+    if near.numel():
+        f, p = near[:, 0], near[:, 1]
+        a, b = F.normalize(xf[f, p], p=2, dim=-1), F.normalize(xf[f + 1, p], p=2, dim=-1)
+        sim[f, p] = F.cosine_similarity(a, b, dim=-1)
+    return sim
 
 
 def holitom_dpc_centres(x: Tensor, n_centres: int, k: int, generator: torch.Generator, noise: float
@@ -161,8 +182,7 @@ class HoliTom(PruningMethod):
         if attn.shape != (n, l):
             raise ValueError(f"attn has shape {tuple(attn.shape)}; expected [N, L] = {[n, l]}")
         tau = self.threshold(budget)
-        xn = F.normalize(x.float(), p=2, dim=-1)
-        sim = F.cosine_similarity(xn[:-1], xn[1:], dim=-1)  # [N-1, L], upstream's call (bit-faithful at tau)
+        sim = threshold_cosine(x, tau) if n > 1 else x.new_zeros(0, l)  # [N-1, L], upstream's decisions at tau
         sizes = holitom_segments(sim, tau, self.max_window) if n > 1 else [1]
         starts = [0, *torch.tensor(sizes).cumsum(0)[:-1].tolist()]
 

@@ -98,3 +98,22 @@ def test_dynamic_tokens_are_copies_and_static_tokens_sit_first_in_their_window()
     copies = (sel.tokens == flat[sel.indices]).all(dim=1)
     n_static = sel.stats["static_tokens"]
     assert n_static > 0 and int((~copies).sum()) == n_static  # merged static tokens are the only non-copies
+
+
+def test_threshold_cosine_decides_like_upstreams_exact_call():
+    """The fast cosine plus exact recomputation near tau gives upstream's ``> tau`` on every entry, including
+    entries planted within float32 rounding of tau."""
+    import torch.nn.functional as F
+
+    from tango.methods.holitom import threshold_cosine
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 49, 256, generator=g)
+    x[1:] = 0.8 * x[:-1] + 0.6 * torch.randn(11, 49, 256, generator=g)  # cosines around 0.8
+    xn = F.normalize(x, p=2, dim=-1)
+    exact = F.cosine_similarity(xn[:-1], xn[1:], dim=-1)
+    for tau in (0.65, 0.8, float(exact[3, 7]), float(exact[5, 2]) + 1e-8):
+        got = threshold_cosine(x, tau)
+        assert torch.equal(got > tau, exact > tau), tau
+        near = (exact - tau).abs() < 1e-4
+        assert torch.equal(got[near], exact[near])

@@ -1,0 +1,126 @@
+"""The authors' implementations, loaded unmodified from a local clone (or bare mirror) at their pinned commits, as
+callables on the harness's inputs: for the parity fixture generators (``tests/fixtures/*/make_reference.py``) and for
+``scripts/bench_methods.py --reference``. Nothing of the upstream code is stored in this repository.
+
+    run = load("holitom", "/path/to/HoliTom")   # run(x [N, L, D], attn [N, L], budget, tau=..., seed=...) -> dict
+    run = load("fastvid", "/path/to/FastVID")   # run(x, attn, global [N, Dg], budget, c=..., tau=..., seed=...)
+
+Each callable returns ``{"tokens": [M, D], "indices": [M] flat frame * L + l}`` in the method's LLM order (plus
+HoliTom's ``windows``, ``total_reduced`` and ``ratio``). The glue each needs (HoliTom's driver lines of
+``prepare_inputs_labels_for_multimodal`` and ``holitom``'s ``one_token`` branch, which are inline upstream; the
+prompt around FastVID's video span) is written here, calling the upstream functions / block as they are.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990"}
+FILES = {"holitom": "holitom/llava_arch.py",
+         "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py"}
+
+
+def source(method: str, repo: str | Path) -> str:
+    """``FILES[method]`` at ``COMMITS[method]`` from a clone's work tree or, for a bare mirror, through git."""
+    repo = Path(repo)
+    path = repo / FILES[method]
+    if path.exists():
+        return path.read_text()
+    git_dir = repo / ".git" if (repo / ".git").exists() else repo
+    return subprocess.run(["git", "--git-dir", str(git_dir), "show", f"{COMMITS[method]}:{FILES[method]}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _holitom_functions(repo):
+    stubs = {"llava": {}, "llava.constants": dict(IGNORE_INDEX=-100, IMAGE_TOKEN_INDEX=-200,
+                                                   DEFAULT_IMAGE_PATCH_TOKEN="", DEFAULT_IM_START_TOKEN="",
+                                                   DEFAULT_IM_END_TOKEN=""),
+             "llava.mm_utils": dict(get_anyres_image_grid_shape=None),
+             "llava.utils": dict(rank0_print=lambda *a, **k: None, rank_print=lambda *a, **k: None)}
+    for name, attrs in stubs.items():
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        sys.modules.setdefault(name, mod)
+    ns: dict = {}
+    exec(compile(source("holitom", repo), FILES["holitom"], "exec"), ns)
+    cls = next(v for v in ns.values() if isinstance(v, type) and hasattr(v, "select_static_windows"))
+    names = ["cluster_dpc_knn", "select_static_windows", "merge_tokens_by_clustering",
+             "merge_tokens_by_attention_density", "merge_tokens_by_density", "get_static_dynamic_features"]
+    return type("HoliTomFunctions", (), {n: getattr(cls, n) for n in names})()
+
+
+def load_holitom(repo):
+    h = _holitom_functions(repo)
+
+    def run(x, attn, budget: float, tau: float = 0.8, seed: int = 0, beta: float = 0.6, k: int = 7,
+            max_window: int = 1024) -> dict:
+        n, l, _ = x.shape
+        torch.manual_seed(seed)  # the DPC-KNN noise comes from the global RNG
+        xn = F.normalize(x, p=2, dim=-1)
+        sim = F.cosine_similarity(xn[:-1], xn[1:], dim=-1)
+        windows, total_reduced = h.select_static_windows(sim, n, tau, max_window)
+        total = n * l
+        ratio = min(budget / ((total - total_reduced) / total), 1)
+        static_feat, dynamic_feat, _, dynamic_attn, static_pos, dynamic_pos = h.get_static_dynamic_features(
+            x, attn, windows, sim, tau)
+        tokens, indices = [], []
+        for i, (s, e) in enumerate(windows):
+            dyn, dyn_pos = h.merge_tokens_by_attention_density(dynamic_feat[i], dynamic_attn[i], dynamic_pos[i],
+                                                               ratio, 0.0, beta, k)
+            if e > s:  # holitom(): the window's static tokens first, then its dynamic ones (one_token)
+                st, st_pos = h.merge_tokens_by_density(static_feat[i].unsqueeze(0), static_pos[i], ratio, beta, k)
+                tokens.append(st.flatten(0, 1))
+                indices += [s * l + int(p) for p in st_pos.flatten().tolist()]
+            tokens.append(dyn.flatten(0, 1))
+            indices += [(s + f) * l + int(p) for f in range(dyn_pos.shape[0]) for p in dyn_pos[f].tolist()]
+        return {"tokens": torch.cat(tokens), "indices": torch.tensor(indices), "windows": windows,
+                "total_reduced": float(total_reduced), "ratio": ratio}
+
+    return run
+
+
+def load_fastvid(repo):
+    lines = source("fastvid", repo).splitlines()
+    start = next(i for i, ln in enumerate(lines) if "FastVID ####" in ln)
+    end = next(i for i in range(start + 1, len(lines)) if set(lines[i].strip()) == {"#"} and len(lines[i].strip()) > 40)
+    code = compile(textwrap.dedent("\n".join(lines[start + 1:end])), FILES["fastvid"], "exec")
+
+    def run(x, attn, glob, budget: float, c: int = 8, tau: float = 0.9, seed: int = 0, prefix=None, suffix=None) -> dict:
+        n, l, d = x.shape
+        prefix = x.new_zeros(1, 0, d) if prefix is None else prefix
+        suffix = x.new_zeros(1, 0, d) if suffix is None else suffix
+        p0 = prefix.shape[1]
+        hidden = torch.cat([prefix, x.reshape(1, n * l, d), suffix], dim=1)
+        s = hidden.shape[1]
+        me = types.SimpleNamespace(video_start_idx=p0, video_token_len=n * l, frame_num=n,
+                                   frame_attn_weights=attn.flatten(), frame_global_features=glob, fastvid_DySeg_c=c,
+                                   fastvid_DySeg_tau=tau, fastvid_STPrune_d=0.4, fastvid_DTM_p=4,
+                                   fastvid_DTM_beta=0.6, fastvid_retention_ratio=budget)
+        ns = {"self": me, "hidden_states": hidden, "seq_length": s, "causal_mask": None, "torch": torch, "F": F,
+              "position_embeddings": (hidden.new_zeros(1, s, 1), hidden.new_zeros(1, s, 1))}
+        torch.manual_seed(seed)  # the density noise comes from the global RNG
+        exec(code, ns)
+        keep, out = ns["keep_indexs"], ns["hidden_states"][0]
+        vis = (keep >= p0) & (keep < p0 + n * l)
+        if keep[~vis].tolist() != [*range(p0), *range(p0 + n * l, s)]:
+            raise AssertionError("FastVID changed the text around the video")
+        return {"tokens": out[vis], "indices": keep[vis] - p0}
+
+    return run
+
+
+LOADERS = {"holitom": load_holitom, "fastvid": load_fastvid}
+
+
+def load(method: str, repo: str | Path):
+    """The authors' implementation of ``method`` from the clone at ``repo``."""
+    if method not in LOADERS:
+        raise ValueError(f"no upstream loader for {method!r}; available: {sorted(LOADERS)}")
+    return LOADERS[method](repo)
