@@ -119,6 +119,11 @@ def load_fastvid(repo):
 LOADERS = {"holitom": load_holitom, "fastvid": load_fastvid}
 
 
+def rounded(t: torch.Tensor) -> list:
+    """Rows of a fixture's tokens to 8 significant digits (float32 carries about 7; tests compare at rtol 1e-5)."""
+    return [[float(f"{v:.8g}") for v in row] for row in t.tolist()]
+
+
 def load(method: str, repo: str | Path):
     """The authors' implementation of ``method`` from the clone at ``repo``."""
     if method not in LOADERS:
