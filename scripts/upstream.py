@@ -4,6 +4,7 @@ callables on the harness's inputs: for the parity fixture generators (``tests/fi
 
     run = load("holitom", "/path/to/HoliTom")   # run(x [N, L, D], attn [N, L], budget, tau=..., seed=...) -> dict
     run = load("fastvid", "/path/to/FastVID")   # run(x, attn, global [N, Dg], budget, c=..., tau=..., seed=...)
+    run = load("dycoke", "/path/to/DyCoke")     # run(x [N, L, D], k) -> DyCoke's TTM output [M, D]
 
 Each callable returns ``{"tokens": [M, D], "indices": [M] flat frame * L + l}`` in the method's LLM order (plus
 HoliTom's ``windows``, ``total_reduced`` and ``ratio``). The glue each needs (HoliTom's driver lines of
@@ -22,9 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990"}
+COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990",
+           "dycoke": "dd7463498203479d0ff6f2d29c4e72928c0af244"}
 FILES = {"holitom": "holitom/llava_arch.py",
-         "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py"}
+         "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
+         "dycoke": "llava/model/llava_arch.py"}
 
 
 def source(method: str, repo: str | Path) -> str:
@@ -116,7 +119,24 @@ def load_fastvid(repo):
     return run
 
 
-LOADERS = {"holitom": load_holitom, "fastvid": load_fastvid}
+def load_dycoke(repo):
+    """``dycole_ttm`` (sic) alone, cut out of ``llava/model/llava_arch.py`` (the module's other imports need the whole
+    LLaVA-NeXT fork): ``run(x [N, L, D], k) -> [M, D]``, the reference's output rows in its order."""
+    import ast
+
+    src = source("dycoke", repo)
+    fn = next(node for node in ast.parse(src).body if isinstance(node, ast.FunctionDef) and node.name == "dycole_ttm")
+    ns: dict = {"torch": torch}
+    exec(compile(ast.get_source_segment(src, fn), FILES["dycoke"], "exec"), ns)
+
+    def run(x, k: float):
+        n, l, d = x.shape
+        return ns["dycole_ttm"](x.reshape(n * l, d), num_tokens_per_frame=l, merging_ratio=k)
+
+    return run
+
+
+LOADERS = {"holitom": load_holitom, "fastvid": load_fastvid, "dycoke": load_dycoke}
 
 
 def rounded(t: torch.Tensor) -> list:

@@ -40,10 +40,10 @@ selection at layers ``< kv_layer`` every step, so stable steps use the full cach
 Intentional deviations from the reference:
 
 - ``budget`` mapping and the ``"ttm_cap"`` variant above (the reference has only ``k``).
-- Similarities are ``<a, b> / (|a| |b|)`` over strided frame views, with each token's norm computed once (the
-  reference normalises, then calls ``cosine_similarity``, which normalises again, on copied frames): the same values
-  up to float rounding, so only near-ties (relative gap ~1e-7) can order differently. Computed in ``x``'s dtype, as
-  the reference.
+- Similarities use the reference's own calls (pass 1: ``cosine_similarity`` of ``normalize``d frames; pass 2: of
+  the raw frames), batched over frames: bit-identical values, so repeated or near-identical frames (static cameras,
+  duplicated frames) order their near-tied tokens exactly as the reference (fixture case ``repeated_frames``).
+  Computed in ``x``'s dtype, as the reference.
 - N <= 4: pass 2 is skipped; the reference crashes (``torch.stack`` of an empty list). N < 2 raises.
 - ``drop_odd_last_frame=False`` keeps the last frame of an odd-length video as an anchor; the default reproduces the
   reference, which silently drops it.
@@ -90,26 +90,30 @@ def ttm_schedule(num_frames: int, drop_odd_last_frame: bool = True) -> tuple[Ten
     return kind, ref
 
 
-def _cos(x: Tensor, norm: Tensor, a: slice, b: slice) -> Tensor:
-    """Cosine of same-position tokens of frames ``x[a]`` and ``x[b]`` (strided views: no copies) -> ``[F, L]``."""
-    dot = torch.linalg.vecdot(x[a], x[b], dim=-1)
-    return dot / (norm[a] * norm[b]).clamp_min(1e-8)
+def _cos(x: Tensor, a: slice, b: slice, normalized: bool) -> Tensor:
+    """Cosine of same-position tokens of frames ``x[a]`` and ``x[b]`` -> ``[F, L]``, with the reference's own calls:
+    pass 1 ``cosine_similarity(normalize(frame_i), normalize(frame_j))``, pass 2 ``cosine_similarity`` of the raw
+    frames. Batched over frames, the values are bit-identical to its per-frame calls (tested), so near-ties between
+    repeated or near-identical frames order exactly as in the reference."""
+    if normalized:
+        return F.cosine_similarity(F.normalize(x[a], p=2, dim=-1), F.normalize(x[b], p=2, dim=-1), dim=-1)
+    return F.cosine_similarity(x[a], x[b], dim=-1)
 
 
 def _neighbour_similarity(x: Tensor, n_used: int, with_anchors: bool) -> Tensor:
     """``[N_used, L]`` similarity of each token to the same position in its TTM reference frame (ttm_schedule)."""
     n, length, _ = x.shape
-    norm = x.norm(dim=-1)
     sim = torch.zeros(n_used, length, dtype=x.dtype, device=x.device)
     odd = n_used // 2
-    sim[1:n_used:2] = _cos(x, norm, slice(1, 2 * odd, 2), slice(0, 2 * odd - 1, 2))
+    # the reference's argument order: the earlier frame first
+    sim[1:n_used:2] = _cos(x, slice(0, 2 * odd - 1, 2), slice(1, 2 * odd, 2), normalized=True)
     if with_anchors:  # ttm_cap: even frames vs the previous frame, frame 0 vs frame 1; pass-2 rows overwritten below
         even = (n_used - 1) // 2
-        sim[2:n_used:2] = _cos(x, norm, slice(2, 2 * even + 1, 2), slice(1, 2 * even, 2))
-        sim[0] = _cos(x, norm, slice(0, 1), slice(1, 2))[0]
+        sim[2:n_used:2] = _cos(x, slice(1, 2 * even, 2), slice(2, 2 * even + 1, 2), normalized=True)
+        sim[0] = _cos(x, slice(0, 1), slice(1, 2), normalized=True)[0]
     pass2 = len(range(2, n - 2, 4))
     if pass2:
-        sim[2 : 4 * pass2 - 1 : 4] = _cos(x, norm, slice(2, 4 * pass2 - 1, 4), slice(0, 4 * pass2 - 3, 4))
+        sim[2 : 4 * pass2 - 1 : 4] = _cos(x, slice(0, 4 * pass2 - 3, 4), slice(2, 4 * pass2 - 1, 4), normalized=False)
     return sim
 
 

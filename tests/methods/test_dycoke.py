@@ -33,6 +33,21 @@ def make_video(seed: int, n: int, length: int, d: int) -> torch.Tensor:
     return frames + 0.05 * torch.randn(n, length, d, generator=g)
 
 
+def repeated_video(seed: int, n: int, length: int, d: int) -> torch.Tensor:
+    """``make_video`` with exact duplicates and near-duplicates: frame 1 = frame 0, frame 2 = frame 0 (so pass 2's raw
+    cosine ties too), frame 5 = frame 4, frame 7 = frame 6 + 1e-7 noise: similarities tie to the last bit, and only the
+    reference's own arithmetic orders them as it does."""
+    x = make_video(seed, n, length, d)
+    g = torch.Generator().manual_seed(seed + 100)
+    x[1] = x[0]
+    x[2] = x[0]
+    if n > 5:
+        x[5] = x[4]
+    if n > 7:
+        x[7] = x[6] + 1e-7 * torch.randn(length, d, generator=g)
+    return x
+
+
 def make_decode_attention(seed: int, steps: int, heads: int, seq: int) -> list[torch.Tensor]:
     """Seeded decode-step attention maps ``[1, heads, 1, seq]``: odd steps repeat the previous map with small
     noise (stable attention, no pruning), even steps are fresh (shifting attention)."""
@@ -66,6 +81,19 @@ def test_ttm_parity(case):
     assert sel.indices.tolist() == case["indices"]
     assert torch.equal(sel.tokens, x.reshape(-1, case["d"])[sel.indices])
     assert sel.stats["regime"] == "ttm_k" and sel.stats["tokens_out"] == len(case["indices"])
+
+
+REPEATED = Path(__file__).resolve().parents[1] / "fixtures" / "dycoke" / "repeated_frames.json"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", json.loads(REPEATED.read_text())["ttm"] if REPEATED.exists() else [],
+                         ids=lambda c: c["id"])
+def test_ttm_parity_on_repeated_frames(case):
+    """Duplicated frames tie every similarity to the last bit; the kept tokens and their order are the reference's."""
+    x = repeated_video(case["seed"], case["n"], case["length"], case["d"])
+    sel = DyCoke(merging_ratio=case["k"]).prune(x, budget=0.5, attn=None)
+    assert sel.indices.tolist() == case["indices"]
 
 
 @pytest.mark.unit
