@@ -5,6 +5,7 @@ callables on the harness's inputs: for the parity fixture generators (``tests/fi
     run = load("holitom", "/path/to/HoliTom")   # run(x [N, L, D], attn [N, L], budget, tau=..., seed=...) -> dict
     run = load("fastvid", "/path/to/FastVID")   # run(x, attn, global [N, Dg], budget, c=..., tau=..., seed=...)
     run = load("dycoke", "/path/to/DyCoke")     # run(x [N, L, D], k) -> DyCoke's TTM output [M, D]
+    run = load("holitom_inner", "/path/to/HoliTom")   # run(hidden [1, S, D], row [H, S], start, length, r)
 
 Each callable returns ``{"tokens": [M, D], "indices": [M] flat frame * L + l}`` in the method's LLM order (plus
 HoliTom's ``windows``, ``total_reduced`` and ``ratio``). The glue each needs (HoliTom's driver lines of
@@ -23,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990",
+COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "holitom_inner": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990",
            "dycoke": "dd7463498203479d0ff6f2d29c4e72928c0af244"}
-FILES = {"holitom": "holitom/llava_arch.py",
+FILES = {"holitom": "holitom/llava_arch.py", "holitom_inner": "holitom/modeling_qwen2.py",
          "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
          "dycoke": "llava/model/llava_arch.py"}
 
@@ -119,6 +120,29 @@ def load_fastvid(repo):
     return run
 
 
+def load_holitom_inner(repo):
+    """The inner-LLM merge of ``Qwen2Model_holitom.forward`` (from the head-mean of layer K-1's attention to the end
+    of the merge loop), cut out and executed as is: ``run(hidden [1, S, D], row [H, S], start, length, r)`` ->
+    ``{"keep": [K] ascending span-local indices, "tokens": [K, D]}`` (the kept rows after the in-place merge)."""
+    lines = source("holitom_inner", repo).splitlines()
+    start = next(i for i, ln in enumerate(lines) if "last_layer_attention_avg = torch.mean(last_layer_attention" in ln)
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "# keep index")
+    code = compile(textwrap.dedent("\n".join(lines[start:end])), FILES["holitom_inner"], "exec")
+
+    def run(hidden, row, start: int, length: int, r: float) -> dict:
+        s = hidden.shape[1]
+        attn = torch.zeros(1, row.shape[0], s, s, dtype=row.dtype)
+        attn[0, :, -1] = row  # only the last query row is read
+        ns = {"last_layer_attention": attn, "HOLITOM_image_token_start_index": start,
+              "HOLITOM_image_token_length": length, "HOLITOM_r": r, "hidden_states": hidden.clone(), "torch": torch,
+              "print": lambda *a, **k: None}
+        exec(code, ns)
+        keep = ns["top_attention_rank_index"].sort().values
+        return {"keep": keep - start, "tokens": ns["hidden_states"][0, keep]}
+
+    return run
+
+
 def load_dycoke(repo):
     """``dycole_ttm`` (sic) alone, cut out of ``llava/model/llava_arch.py`` (the module's other imports need the whole
     LLaVA-NeXT fork): ``run(x [N, L, D], k) -> [M, D]``, the reference's output rows in its order."""
@@ -136,7 +160,8 @@ def load_dycoke(repo):
     return run
 
 
-LOADERS = {"holitom": load_holitom, "fastvid": load_fastvid, "dycoke": load_dycoke}
+LOADERS = {"holitom": load_holitom, "holitom_inner": load_holitom_inner, "fastvid": load_fastvid,
+           "dycoke": load_dycoke}
 
 
 def rounded(t: torch.Tensor) -> list:

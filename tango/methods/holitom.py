@@ -36,8 +36,18 @@ not offered).
 
 Intentional deviations:
 
-- The inner-LLM merge (``HOLITOM_k`` / ``HOLITOM_r``, layer 18 on LLaVA-OV/Video) is not implemented yet: this is
-  HoliTom "w/o M", the variant HoliTom's own table also reports; ``stats['inner_llm']`` says so.
+- Inner-LLM merge (``inner_llm=True``; the authors' scripts set ``HOLITOM_k=18 HOLITOM_r=0.5`` on LLaVA-OV-7B and
+  LLaVA-Video-7B, ``configs/model_method/{llava_ov,llava_video}_holitom.yaml``; off = HoliTom "w/o M", which
+  HoliTom's own table also reports): at the prefill of decoder layer ``inner_layer``, the visual span is ranked by
+  layer ``inner_layer - 1``'s head-mean attention of the last prompt token, the top ``round(n (1 - inner_prune))``
+  are kept, and each dropped token is folded into its most cosine-similar kept token in ascending position order,
+  ``h = (h + m) / 2`` (:func:`holitom_inner_merge`, closed form ``h / 2^n + sum_j m_j / 2^(n-j+1)``); kept tokens
+  keep their original positions (:func:`tango.hooks.drop_tokens_after`). ``budget`` then follows the scripts: it is
+  the outer ratio, and the realised layer average is lower (visible as ``budget_gap``). Differences: the attention
+  row is the last token's causal row recomputed with SDPA kept (upstream runs layer K-1 eager without a mask at
+  prefill, which leaves that row unchanged); LLaVA-OV's trailing newline is not in the prunable span (upstream
+  counts it in ``image_tokens``: ``round`` may differ by one token); the fold is the closed form in float32
+  (upstream: sequential in the model dtype).
 - Similarities, distances and merges are computed in float32 (upstream: the model dtype, fp16 in its scripts).
 - Tie-breaking noise ``U(0, dpc_noise)`` comes from a ``torch.Generator`` seeded with ``seed`` (upstream: the global
   RNG, unseeded), drawn in upstream's order (one draw per window with static centres, in time order), so a run is
@@ -132,6 +142,36 @@ def merge_static(static: Tensor, n_centres: int, k: int, beta: float, generator:
     return merged.to(static.dtype), centres
 
 
+def holitom_inner_merge(hidden: Tensor, attn: Tensor, prune: float) -> tuple[Tensor, Tensor]:
+    """HoliTom's inner-LLM prune + merge over the visual span at the prefill of layer K.
+
+    Args:
+        hidden: ``[B, Lv, D]`` hidden states of the visual span entering layer K.
+        attn: ``[Lv]`` head-mean attention of the last prompt token at layer K-1, sliced to the span.
+        prune: fraction pruned; ``round(Lv (1 - prune))`` (Python rounding) are kept, the top by ``attn``.
+
+    Returns:
+        ``(keep [K] ascending local indices, merged [B, K, D] in that order)``: every dropped token joins the kept
+        token of highest cosine (``torch.max``, similarities computed once before any update) and the members fold
+        in ascending position order, ``h = (h + m) / 2``, i.e. ``h / 2^n + sum_j m_j / 2^(n - j + 1)``."""
+    b, lv, d = hidden.shape
+    top = attn.topk(round(lv * (1 - prune))).indices  # top-k order, as upstream
+    dropped = torch.ones(lv, dtype=torch.bool, device=hidden.device)
+    dropped[top] = False
+    kept_h, drop_h = hidden[:, top].float(), hidden[:, dropped].float()  # dropped: ascending positions
+    dot = torch.bmm(drop_h, kept_h.transpose(1, 2))
+    sim = dot / (drop_h.norm(dim=-1, keepdim=True) * kept_h.norm(dim=-1, keepdim=True).transpose(1, 2))
+    target = sim.max(dim=-1).indices  # [B, n_dropped] into top-k order
+    onehot = F.one_hot(target, top.numel())  # [B, n_dropped, K]
+    n = onehot.sum(dim=1)  # [B, K] members per kept token
+    rank = onehot.cumsum(dim=1).gather(2, target[..., None])[..., 0]  # j: 1-based rank of each member in its group
+    w = torch.pow(2.0, -(n.gather(1, target) - rank + 1).float())  # member j of n: 2^-(n - j + 1)
+    merged = kept_h * torch.pow(2.0, -n.float())[..., None]
+    merged = merged.scatter_add(1, target[..., None].expand(-1, -1, d), drop_h * w[..., None])
+    order = top.argsort()
+    return top[order], merged[:, order].to(hidden.dtype)
+
+
 @dataclass
 class HoliTom(PruningMethod):
     """HoliTom's outer stage: global temporal windows, static merging, per-frame dynamic top-k (see module doc)."""
@@ -149,6 +189,12 @@ class HoliTom(PruningMethod):
     #: seed of the DPC-KNN tie-breaking noise.
     seed: int = 0
     dpc_noise: float = 1e-6
+    #: the inner-LLM merge (HOLITOM_k / HOLITOM_r); off = HoliTom "w/o M".
+    inner_llm: bool = False
+    #: decoder layer K of the inner merge (``HOLITOM_k``; scripts: 18 of 28).
+    inner_layer: int = 18
+    #: fraction of the visual span pruned at layer K (``HOLITOM_r``; scripts: 0.5).
+    inner_prune: float = 0.5
 
     needs_attention = True
     attention_source = "last_layer"  # attention received in the tower's last layer (VisionZip's source)
@@ -165,6 +211,34 @@ class HoliTom(PruningMethod):
             raise ValueError(f"k={self.k!r} must be >= 1")
         if self.max_window < 1:
             raise ValueError(f"max_window={self.max_window!r} must be >= 1")
+        if self.inner_layer < 1:
+            raise ValueError(f"inner_layer={self.inner_layer!r} must be >= 1")
+        if not 0.0 <= self.inner_prune < 1.0:
+            raise ValueError(f"inner_prune={self.inner_prune!r} must be in [0, 1)")
+        self.stage = "both" if self.inner_llm else "pre_llm"
+
+    def decoder_hooks(self, decoder, budget: float):
+        """``inner_llm``: at layer ``inner_layer``, keep the top of the visual span by layer K-1's last-token
+        attention and fold the dropped tokens into the kept ones (:func:`holitom_inner_merge`)."""
+        from contextlib import nullcontext
+
+        from tango.hooks import drop_tokens_after, keep_positions
+
+        if not self.inner_llm or check_budget(budget) == 1.0:
+            return nullcontext({})
+        if self.inner_layer >= decoder.num_layers:
+            raise ValueError(f"inner_layer={self.inner_layer} but this decoder has {decoder.num_layers} layers; set "
+                             f"it in configs/model_method/<model>_holitom.yaml")
+
+        def transform(h, row):
+            visual = decoder.visual_positions.to(h.device)
+            local, merged = holitom_inner_merge(h[:, visual], row.mean(0)[visual], self.inner_prune)
+            keep = keep_positions(h.shape[1], visual, visual[local])
+            h = h.clone()
+            h[:, visual[local]] = merged.to(h.dtype)
+            return keep, h[:, keep]
+        return drop_tokens_after(decoder.layers, self.inner_layer, transform=transform,
+                                 attention_row=decoder.attention_row)
 
     def threshold(self, budget: float) -> float:
         """``tau``, or the authors' script value at ``budget``."""
@@ -230,5 +304,5 @@ class HoliTom(PruningMethod):
         tokens, indices = torch.cat(parts_tok)[order], torch.cat(parts_idx)[order]
         stats = {"tokens_in": total, "tokens_out": int(indices.numel()), "windows": len(sizes),
                  "multi_frame_windows": sum(w > 1 for w in sizes), "static_tokens": kept_static,
-                 "total_reduced": total_reduced, "ratio_rescaled": ratio, "tau": tau, "inner_llm": False}
+                 "total_reduced": total_reduced, "ratio_rescaled": ratio, "tau": tau, "inner_llm": self.inner_llm}
         return Selection(tokens=tokens.to(x.dtype), indices=indices, stats=stats)

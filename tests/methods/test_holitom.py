@@ -117,3 +117,28 @@ def test_threshold_cosine_decides_like_upstreams_exact_call():
         assert torch.equal(got > tau, exact > tau), tau
         near = (exact - tau).abs() < 1e-4
         assert torch.equal(got[near], exact[near])
+
+
+def inner_inputs(seed: int, seq: int, d: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded ``hidden [1, seq, d]`` (clustered, so merges have several members) and a last-token attention row
+    ``[heads, seq]`` (rows sum to 1)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(5, d, generator=g) * 2
+    hidden = centres[torch.randint(0, 5, (seq,), generator=g)] + 0.5 * torch.randn(seq, d, generator=g)
+    row = torch.rand(heads, seq, generator=g).softmax(-1)
+    return hidden[None], row
+
+
+INNER = Path(__file__).resolve().parents[1] / "fixtures" / "holitom" / "inner.json"
+
+
+@pytest.mark.parametrize("case", json.loads(INNER.read_text())["cases"] if INNER.exists() else [],
+                         ids=lambda c: c["name"])
+def test_inner_merge_parity_with_upstream(case):
+    from tango.methods.holitom import holitom_inner_merge
+
+    hidden, row = inner_inputs(case["seed"], case["seq"], case["d"], case["heads"])
+    s, n = case["start"], case["length"]
+    keep, merged = holitom_inner_merge(hidden[:, s:s + n], row.mean(0)[s:s + n], case["r"])
+    assert keep.tolist() == case["keep"]
+    torch.testing.assert_close(merged[0], torch.tensor(case["tokens"]), rtol=1e-5, atol=1e-5)

@@ -101,6 +101,24 @@ def test_tango_inner_llm_stage_on_llava_video(adapters, clip):
     assert gen.stats["tokens_layer_avg"] == (8 * out + (n_layers - 8) * after) / n_layers
 
 
+@pytest.mark.parametrize("family", ["llava_ov", "llava_video"])
+def test_holitom_inner_merge_halves_the_span_at_layer_k(adapters, clip, family):
+    """HoliTom's inner stage (HOLITOM_k / HOLITOM_r): from layer K on, round(n * (1 - r)) of the n prunable span
+    positions remain (LLaVA-OV: the visual tokens; LLaVA-Video: its span, newlines included), kept positions only."""
+    adapter = adapters[family]
+    m = OmegaConf.to_object(compose([f"model={FAMILIES[family]}", "method=holitom", "budget=0.3",
+                                     "method.inner_llm=true", "method.inner_layer=4"]).method)
+    assert m.stage == "both"
+    gen = adapter.generate(adapter.prepare(clip, "q"), clip, m, 0.3, max_new_tokens=2)
+    n_layers = adapter.model.config.text_config.num_hidden_layers
+    out, after = gen.stats["tokens_out"], gen.stats["tokens_after_layer"]
+    if family == "llava_ov":
+        assert after == round(out * 0.5)
+    else:  # the span's newlines are prunable too, so at most that many visual tokens remain
+        assert 0 < after <= out
+    assert gen.stats["tokens_layer_avg"] == (4 * out + (n_layers - 4) * after) / n_layers
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_fastv_layer_average_counts_visual_tokens_only(adapters, clip, family):
     """Layer-averaged counts never count newlines and never go negative (LLaVA-Video's span holds newlines)."""
