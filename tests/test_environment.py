@@ -79,7 +79,8 @@ def _top_level_imports(paths: list[Path]) -> set[str]:
 
 def _distributions(modules: set[str]) -> set[str]:
     """Distribution names (normalised) providing these third-party top-level modules."""
-    local = {"tango"} | {p.stem for p in (ROOT / "tests").rglob("*") if p.is_dir() or p.suffix == ".py"}
+    local = ({"tango"} | {p.stem for p in (ROOT / "tests").rglob("*") if p.is_dir() or p.suffix == ".py"}
+             | {p.stem for p in (ROOT / "scripts").glob("*.py")})  # scripts import their siblings (upstream.py)
     mapping = metadata.packages_distributions()
     dists = set()
     for mod in sorted(modules - set(sys.stdlib_module_names) - local):
