@@ -15,10 +15,10 @@ its inputs (``peak_extra_mib``: Tango's segment-wide distances are computed in b
 quadratically, in frames). Methods on the ``pooling_head`` source (Tango, FastVID) get ``metric`` as a frame-global
 feature ``[frames, 1152]`` (the SigLIP head's output), the others the keys above.
 
-``--reference holitom=/path/to/HoliTom fastvid=/path/to/FastVID`` also times the authors' implementation of those
+``--reference holitom=/path/to/HoliTom fastvid=/path/to/FastVID tango=/path/to/Tango`` also times the authors' implementation of those
 methods, loaded from a local clone at its pinned commit by ``scripts/upstream.py`` (never committed), on the same
 inputs: ``reference_ms``, ``speedup_vs_reference`` (reference / harness median) and ``matches_reference`` (the same
-kept indices in the same order).
+kept indices in the same order; for Tango the same kept set: its reference returns sorted indices).
 
 Examples::
 
@@ -141,10 +141,15 @@ def make_inputs(frames: int, grid: tuple[int, int], dim: int, metric_dim: int, d
     return x, attn, timestamps, metric, glob
 
 
-def reference_call(name: str, run, method, x, attn, glob, budget: float):
+def reference_call(name: str, run, method, x, attn, glob, budget: float, ts=None):
     """The authors' implementation of ``name`` on the inputs the harness method gets, with its settings."""
     if name == "holitom":
         return lambda: run(x, attn, budget, tau=method.threshold(budget), seed=method.seed)
+    if name == "tango":  # the authors' tango_pruner writes merged features into its input: give it its own copy
+        x = x.clone()
+        return lambda: run(x, attn, ts, budget, tau=method.segment_tau(budget), sinks=method.sink_indices,
+                           context_ratio=method.context_ratio, alpha=method.alpha, base_time=method.base_time,
+                           base_space=method.base_space, seed=method.seed)
     if name == "fastvid":
         return lambda: run(x, attn, glob, budget, c=method.segments, tau=method.tau, seed=method.seed)
     raise ValueError(f"no reference call for {name!r}")
@@ -222,13 +227,22 @@ def main(argv=None) -> Path:
                         except ValueError as err:  # e.g. an infeasible budget for this method's settings
                             print(f"skip {name} budget={budget}: {err}", flush=True)
                             continue
+                        ref_call = reference_call(name, refs[name], method, x, attn, glob, budget, timestamps) \
+                            if name in refs and budget < 1.0 else None
+                        if ref_call is not None:
+                            # One call of each before either is timed: on CPU the allocator's state after the first
+                            # large allocations (page faults of fresh mmaps) otherwise favours whichever runs second.
+                            ref_call()
+                            call()
                         times = time_ms(call, device, args.warmup, args.repeats)
                         ref = {}
-                        if name in refs and budget < 1.0:
-                            ref_call = reference_call(name, refs[name], method, x, attn, glob, budget)
+                        if ref_call is not None:
                             ref_times = time_ms(ref_call, device, args.warmup, args.repeats)
                             ref_ms = statistics.median(ref_times)
-                            same = torch.equal(ref_call()["indices"].to(sel.indices.device), sel.indices)
+                            fresh = reference_call(name, refs[name], method, x, attn, glob, budget, timestamps)
+                            ref_idx = fresh()["indices"].to(sel.indices.device)  # on unmodified inputs
+                            mine = sel.indices.sort().values if name == "tango" else sel.indices  # Tango: a set
+                            same = torch.equal(ref_idx, mine)
                             ref = dict(reference_ms=round(ref_ms, 4),
                                        speedup_vs_reference=round(ref_ms / statistics.median(times), 3),
                                        matches_reference=same, reference_commit=upstream.COMMITS[name][:7])

@@ -6,6 +6,7 @@ callables on the harness's inputs: for the parity fixture generators (``tests/fi
     run = load("fastvid", "/path/to/FastVID")   # run(x, attn, global [N, Dg], budget, c=..., tau=..., seed=...)
     run = load("dycoke", "/path/to/DyCoke")     # run(x [N, L, D], k) -> DyCoke's TTM output [M, D]
     run = load("holitom_inner", "/path/to/HoliTom")   # run(hidden [1, S, D], row [H, S], start, length, r)
+    run = load("tango", "/path/to/Tango")       # run(x [N, L, D], attn, timestamps, budget, tau=..., sinks=...)
 
 Each callable returns ``{"tokens": [M, D], "indices": [M] flat frame * L + l}`` in the method's LLM order (plus
 HoliTom's ``windows``, ``total_reduced`` and ``ratio``). The glue each needs (HoliTom's driver lines of
@@ -25,20 +26,23 @@ import torch
 import torch.nn.functional as F
 
 COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "holitom_inner": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990",
-           "dycoke": "dd7463498203479d0ff6f2d29c4e72928c0af244"}
+           "dycoke": "dd7463498203479d0ff6f2d29c4e72928c0af244", "tango": "cc815b6e6762f6cf54ae20fafefd4d5bc02f2aef"}
 FILES = {"holitom": "holitom/llava_arch.py", "holitom_inner": "holitom/modeling_qwen2.py",
          "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
-         "dycoke": "llava/model/llava_arch.py"}
+         "dycoke": "llava/model/llava_arch.py",
+         "tango": "tango/pruner.py"}
+TANGO_MODULES = ("tango/utils.py", "tango/prune_config.py", "tango/pruner.py", "llava/model/st_rope.py")
 
 
-def source(method: str, repo: str | Path) -> str:
-    """``FILES[method]`` at ``COMMITS[method]`` from a clone's work tree or, for a bare mirror, through git."""
-    repo = Path(repo)
-    path = repo / FILES[method]
+def source(method: str, repo: str | Path, file: str | None = None) -> str:
+    """``file`` (default ``FILES[method]``) at ``COMMITS[method]`` from a clone's work tree or, for a bare mirror,
+    through git."""
+    repo, file = Path(repo), file or FILES[method]
+    path = repo / file
     if path.exists():
         return path.read_text()
     git_dir = repo / ".git" if (repo / ".git").exists() else repo
-    return subprocess.run(["git", "--git-dir", str(git_dir), "show", f"{COMMITS[method]}:{FILES[method]}"],
+    return subprocess.run(["git", "--git-dir", str(git_dir), "show", f"{COMMITS[method]}:{file}"],
                           capture_output=True, text=True, check=True).stdout
 
 
@@ -160,7 +164,40 @@ def load_dycoke(repo):
     return run
 
 
-LOADERS = {"holitom": load_holitom, "holitom_inner": load_holitom_inner, "fastvid": load_fastvid,
+def load_tango(repo):
+    """The authors' ``tango_pruner`` with its ``utils`` / ``prune_config`` and ``SpatioTemporalRoPE``, executed as a
+    package named ``tango_upstream`` (the harness's own package is ``tango``), called as their ``llava_arch.py``
+    does: ``run(x [N, L, D], attn [N, L], timestamps [N], budget, tau, sinks)`` -> ``{"indices": sorted kept}``.
+    ST-RoPE uses the 7B sections [1196, 1194, 1194], so ``D`` must be 3584."""
+    pkg = types.ModuleType("tango_upstream")
+    pkg.__path__ = []
+    sys.modules["tango_upstream"] = pkg
+    mods = {}
+    for file in TANGO_MODULES:
+        name = "tango_upstream." + Path(file).stem
+        mod = types.ModuleType(name)
+        mod.__package__ = "tango_upstream"
+        sys.modules[name] = mod
+        exec(compile(source("tango", repo, file), file, "exec"), mod.__dict__)
+        mods[Path(file).stem] = mod
+
+    def run(x, attn, timestamps, budget: float, tau: float, sinks=(), context_ratio: float = 0.4, alpha: float = 1.5,
+            base_time: float = 10000.0, base_space: float = 1000.0, seed: int = 0) -> dict:
+        torch.manual_seed(seed)  # its DPC-KNN noise comes from the global RNG
+        cfg = mods["prune_config"].PRUNE_CONFIG
+        cfg.update(special_attn_token_list=list(sinks), alpha=alpha)
+        rope = mods["st_rope"].SpatioTemporalRoPE(types.SimpleNamespace(base_time=base_time, base_space=base_space))
+        roped = rope(F.normalize(x.float(), dim=-1), t_ids=timestamps.cpu())
+        _, kept = mods["pruner"].tango_pruner(image_features=x, roped_image_features=roped, sim_metric=x,
+                                              salient_score=attn.clone(), segment_type="holitom",
+                                              retain_ratio=budget, context_ratio=context_ratio, tau=tau, beta=0.6,
+                                              k_neighbors=7)
+        return {"indices": kept}
+
+    return run
+
+
+LOADERS = {"holitom": load_holitom, "tango": load_tango, "holitom_inner": load_holitom_inner, "fastvid": load_fastvid,
            "dycoke": load_dycoke}
 
 
