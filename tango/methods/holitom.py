@@ -1,4 +1,4 @@
-"""HoliTom: holistic token merging for video LLMs (NeurIPS'25), the pre-LLM ("outer") stage.
+"""HoliTom: holistic token merging for video LLMs (NeurIPS'25): the pre-LLM ("outer") stage and the inner-LLM merge.
 
 Reproduced: ``cokeshao/HoliTom@e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0``, ``holitom/llava_arch.py``:
 ``LlavaMetaForCausalLM_holitom.prepare_inputs_labels_for_multimodal`` (the driver) with ``select_static_windows``,
@@ -174,7 +174,8 @@ def holitom_inner_merge(hidden: Tensor, attn: Tensor, prune: float) -> tuple[Ten
 
 @dataclass
 class HoliTom(PruningMethod):
-    """HoliTom's outer stage: global temporal windows, static merging, per-frame dynamic top-k (see module doc)."""
+    """HoliTom: global temporal windows, static merging, per-frame dynamic top-k before the LLM, and optionally the
+    inner-LLM merge at ``inner_layer`` (see module doc)."""
 
     name: str = "holitom"
     #: static threshold T (segmentation and static mask); None = the authors' script rule (0.65 at budget 0.10,

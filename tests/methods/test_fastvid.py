@@ -11,6 +11,7 @@ from test_tango import make_video
 
 from tango.methods import METHODS
 from tango.methods.fastvid import FastVID, anchor_schedule
+from tango.methods.tango_ops import fastvid_segments
 
 pytestmark = pytest.mark.unit
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fastvid" / "reference.json"
@@ -45,8 +46,12 @@ def test_fixture_has_multi_frame_segments_and_cuts():
         sizes = FastVID(segments=case["segments"], tau=case["tau"]).prune(
             v["x"], budget=case["budget"], attn=v["attn"], metric=v["global"]).stats["segments"]
         assert 1 < sizes <= v["x"].shape[0]
+    # the long-segment cases exercise segments with several anchor frames (n > p = 4)
     long = next(c for c in fixture["cases"] if c["name"] == "long_segments_b020")
-    assert max(anchor_schedule([9, 7], 2, 4)) > 2  # several anchor frames per segment, each with more anchors
+    g = planted(long["video"])["global"]
+    g = g / g.norm(dim=1, keepdim=True)
+    sizes = fastvid_segments((g[:-1] * g[1:]).sum(dim=1), long["segments"] - 1, long["tau"])
+    assert max(sizes) > 4 and sum(n > 0 for n in anchor_schedule([max(sizes)], 1, 4)) >= 2
 
 
 def test_anchor_schedule_is_the_reference_rule():

@@ -98,6 +98,11 @@ def test_dynamic_tokens_are_copies_and_static_tokens_sit_first_in_their_window()
     copies = (sel.tokens == flat[sel.indices]).all(dim=1)
     n_static = sel.stats["static_tokens"]
     assert n_static > 0 and int((~copies).sum()) == n_static  # merged static tokens are the only non-copies
+    # a static token (placed at its window's first frame) comes after every dynamic token of earlier frames and
+    # before every dynamic token of its own frame on
+    frame = sel.indices // v["x"].shape[1]
+    for i in (~copies).nonzero().flatten().tolist():
+        assert bool((frame[:i][copies[:i]] < frame[i]).all()) and bool((frame[i:][copies[i:]] >= frame[i]).all())
 
 
 def test_threshold_cosine_decides_like_upstreams_exact_call():
