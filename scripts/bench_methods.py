@@ -55,10 +55,10 @@ from tango.methods import METHODS  # noqa: E402
 from tango.environment import lock_status  # noqa: E402
 import upstream  # noqa: E402  (scripts/upstream.py: the authors' code from a local clone, for --reference)
 
-FIELDS = ["date", "device", "device_name", "torch", "cuda", "lock_sha256", "env_matches_lock", "threads", "scene",
-          "dtype", "frames", "tokens_per_frame", "dim", "method", "budget", "median_ms", "p90_ms", "repeats", "tokens_in",
-          "tokens_out", "load_avg_1m", "peak_extra_mib", "reference_ms", "speedup_vs_reference", "matches_reference",
-          "reference_commit"]
+FIELDS = ["date", "device", "device_name", "torch", "cuda", "lock_sha256", "env_matches_lock", "threads", "malloc",
+          "scene", "dtype", "frames", "tokens_per_frame", "dim", "method", "budget", "median_ms", "p90_ms", "repeats",
+          "tokens_in", "tokens_out", "load_avg_1m", "peak_extra_mib", "reference_ms", "speedup_vs_reference",
+          "matches_reference", "reference_commit"]
 
 
 def device_name(device: str) -> str:
@@ -81,14 +81,36 @@ def load_average() -> float | None:
         return None
 
 
+def retain_freed_memory() -> None:
+    """glibc: serve large CPU tensors from a heap that keeps freed memory (``mallopt``: mmap threshold 1 GiB, trim
+    threshold 2 GiB) instead of fresh ``mmap`` pages per tensor. Allocating a fresh 90 MB tensor costs ~30 ms of
+    page faults on this 2-core machine against ~5 ms for the arithmetic that fills it, so with the default
+    allocator CPU timings mostly count allocations. Process-wide: both sides of ``--reference`` get it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        raise SystemExit("--malloc retain needs glibc's mallopt (Linux); use --malloc default")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 31)):
+        raise SystemExit("mallopt refused the thresholds; use --malloc default")
+
+
 def time_ms(fn, device: str, warmup: int, repeats: int) -> list[float]:
-    """Wall time of ``fn()`` in ms, ``repeats`` times after ``warmup`` untimed calls."""
+    """Wall time of ``fn()`` in ms, ``repeats`` times after ``warmup`` untimed calls. ``fn.setup()``, where ``fn``
+    has one, runs untimed before every call (e.g. a fresh copy of an input that ``fn`` writes into)."""
+    setup = getattr(fn, "setup", lambda: None)
     for _ in range(warmup):
+        setup()
         fn()
     times = []
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
         for _ in range(repeats):
+            setup()
+            torch.cuda.synchronize(device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -97,6 +119,7 @@ def time_ms(fn, device: str, warmup: int, repeats: int) -> list[float]:
             times.append(start.elapsed_time(end))
     else:
         for _ in range(repeats):
+            setup()
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
@@ -126,12 +149,23 @@ def make_inputs(frames: int, grid: tuple[int, int], dim: int, metric_dim: int, d
                 scene: str = "random"):
     """``scene="random"``: independent frames (every frame its own segment). ``"one_segment"``: one shared frame +
     0.6x noise per frame (consecutive cosines ~0.74: one Tango segment at budget <= 0.1, no static position), so
-    Tango clusters the whole video at once: the memory worst case."""
+    Tango clusters the whole video at once: the memory worst case. ``"scenes"``: shots of 2-8 frames (seeded
+    lengths), each a shared frame on which 60 % of the grid positions (a static background, consecutive cosines
+    ~0.99) get 0.1x noise and the rest (moving content, ~0.5) 1x noise: multi-frame segments with static positions,
+    the case segment-based methods are built for."""
     g = torch.Generator().manual_seed(seed)
     length = grid[0] * grid[1]
     x = torch.randn(frames, length, dim, generator=g)
     if scene == "one_segment":
         x = torch.randn(1, length, dim, generator=g) + 0.6 * x
+    elif scene == "scenes":
+        sizes = []
+        while sum(sizes) < frames:
+            sizes.append(min(int(torch.randint(2, 9, (1,), generator=g)), frames - sum(sizes)))
+        shot = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))  # [frames] shot of each frame
+        static = torch.rand(length, generator=g) < 0.6
+        scale = torch.where(static, 0.1, 1.0)[None, :, None]
+        x = torch.randn(len(sizes), length, dim, generator=g)[shot] + scale * x
     x = x.to(device=device, dtype=dtype)
     attn = torch.rand(frames, length, generator=g)
     attn = (attn / attn.sum(1, keepdim=True)).to(device)
@@ -145,11 +179,18 @@ def reference_call(name: str, run, method, x, attn, glob, budget: float, ts=None
     """The authors' implementation of ``name`` on the inputs the harness method gets, with its settings."""
     if name == "holitom":
         return lambda: run(x, attn, budget, tau=method.threshold(budget), seed=method.seed)
-    if name == "tango":  # the authors' tango_pruner writes merged features into its input: give it its own copy
-        x = x.clone()
-        return lambda: run(x, attn, ts, budget, tau=method.segment_tau(budget), sinks=method.sink_indices,
-                           context_ratio=method.context_ratio, alpha=method.alpha, base_time=method.base_time,
-                           base_space=method.base_space, seed=method.seed)
+    if name == "tango":
+        # The authors' tango_pruner writes merged features into its input, so every call gets a fresh copy, made
+        # untimed by ``setup`` (reusing one copy would time later calls on already-merged features: other segments).
+        fresh = {}
+
+        def call():
+            return run(fresh["x"], attn, ts, budget, tau=method.segment_tau(budget), sinks=method.sink_indices,
+                       context_ratio=method.context_ratio, alpha=method.alpha, base_time=method.base_time,
+                       base_space=method.base_space, seed=method.seed)
+        call.setup = lambda: fresh.update(x=x.clone())
+        call.setup()
+        return call
     if name == "fastvid":
         return lambda: run(x, attn, glob, budget, c=method.segments, tau=method.tau, seed=method.seed)
     raise ValueError(f"no reference call for {name!r}")
@@ -161,8 +202,9 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=int, nargs="+", default=[32, 64, 128, 256])
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25])
-    p.add_argument("--scene", choices=["random", "one_segment"], default="random",
-                   help="random frames, or one segment without static tokens (Tango's memory worst case)")
+    p.add_argument("--scene", choices=["random", "one_segment", "scenes"], default="random",
+                   help="random frames, one segment without static tokens (Tango's memory worst case), or shots "
+                        "with static backgrounds")
     p.add_argument("--methods", nargs="+", default=None, help="subset of tango.methods.METHODS (default: all)")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     p.add_argument("--dim", type=int, default=3584)
@@ -171,6 +213,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+    p.add_argument("--malloc", choices=["default", "retain"], default="default",
+                   help="CPU allocator: glibc's default, or 'retain' (freed memory kept for reuse; recorded)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "results" / "methods")
     p.add_argument("--append", action="store_true", help="append rows to an existing CSV instead of replacing it")
     p.add_argument("--reference", nargs="+", default=[], metavar="METHOD=PATH",
@@ -186,6 +230,8 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc == "retain":
+        retain_freed_memory()
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     names = args.methods or list(METHODS)
     unknown = sorted(set(names) - set(METHODS))
@@ -232,6 +278,7 @@ def main(argv=None) -> Path:
                         if ref_call is not None:
                             # One call of each before either is timed: on CPU the allocator's state after the first
                             # large allocations (page faults of fresh mmaps) otherwise favours whichever runs second.
+                            getattr(ref_call, "setup", lambda: None)()
                             ref_call()
                             call()
                         times = time_ms(call, device, args.warmup, args.repeats)
@@ -249,7 +296,8 @@ def main(argv=None) -> Path:
                         row = dict(date=date, device=device, device_name=device_name(device), torch=torch.__version__,
                                    cuda=lock["cuda"], lock_sha256=lock["lock_sha256"],
                                    env_matches_lock=lock["env_matches_lock"],
-                                   threads=torch.get_num_threads(), scene=args.scene, dtype=dtype_name, frames=frames,
+                                   threads=torch.get_num_threads(), malloc=args.malloc, scene=args.scene,
+                                   dtype=dtype_name, frames=frames,
                                    tokens_per_frame=grid[0] * grid[1], dim=args.dim, method=name, budget=budget,
                                    median_ms=round(statistics.median(times), 4), p90_ms=round(p90(times), 4),
                                    repeats=len(times), tokens_in=sel.stats.get("tokens_in"),

@@ -23,6 +23,8 @@ from torch import Tensor
 # Largest distance block materialised at once (elements; 2**26 fp32 = 256 MiB). The reference's single [M, M]
 # matrix is used while B*M*M stays below it: up to ~8k tokens, i.e. a whole 32-frame LLaVA-OV video.
 MAX_BLOCK = 2**26
+# Rows of the masked distance copy made at once in the nearest-denser-point step (elements; 16 MiB fp32).
+DELTA_BLOCK = 2**22
 
 
 def _row_blocks(b: int, m: int, cols: int, max_block: int) -> range:
@@ -40,8 +42,41 @@ def pairwise_dist(x: Tensor, y: Tensor | None = None) -> Tensor:
     return torch.cdist(x, x if y is None else y.float())
 
 
+def gathered_cdist(x: Tensor, rows: Tensor) -> Tensor:
+    """``torch.cdist(g, g)`` for ``g = x.gather(1, rows)`` (``x [B, M, D]``, ``rows [B, P]``), bit for bit, without the
+    gathered copy and the two concatenated copies ``torch.cdist`` makes.
+
+    For more than 25 points ``torch.cdist`` computes ``[-2g, |g|^2, 1] @ [g, 1, |g|^2]^T`` (clamped at 0, square
+    root); this builds those two operands in place, with one norm computation for both. At most 25 points it uses
+    another kernel, so that case calls ``torch.cdist``. ``tests/methods/test_tango.py`` checks the equality.
+
+    Returns:
+        ``[B, P, P]`` float32 distances.
+    """
+    b, p = rows.shape
+    d = x.shape[-1]
+    idx = rows[..., None].expand(b, p, d)
+    if p <= 25:
+        g = x.float().gather(1, idx)
+        return torch.cdist(g, g)
+    right = torch.empty(b, p, d + 2, dtype=torch.float32, device=x.device)  # [g, 1, |g|^2]
+    torch.gather(x.float(), 1, idx, out=right[..., :d])
+    norm = right[..., :d].pow(2).sum(dim=-1)
+    left = torch.empty_like(right)  # [-2g, |g|^2, 1]
+    torch.mul(right[..., :d], -2, out=left[..., :d])
+    left[..., d], left[..., d + 1] = norm, 1.0
+    right[..., d], right[..., d + 1] = 1.0, norm
+    return left.matmul(right.mT).clamp_min_(0).sqrt_()
+
+
+def columns_argmin(dist: Tensor, cols: Tensor) -> Tensor:
+    """Index ``[B, M]`` into ``cols [B, C]`` of the nearest column for each row of ``dist [B, M, M]`` (first on ties):
+    the nearest-centre assignment read from a distance matrix that already holds the centres' distances."""
+    return dist.gather(2, cols[:, None, :].expand(-1, dist.shape[1], -1)).argmin(dim=-1)
+
+
 def dpc_knn(
-    x: Tensor,
+    x: Tensor | None,
     n_clusters: int,
     k: int = 7,
     *,
@@ -53,19 +88,19 @@ def dpc_knn(
     """Pick ``n_clusters`` density-peak centres in each of B point sets.
 
     Args:
-        x: ``[B, M, D]`` points (Tango: ST-RoPE'd unit-norm features).
+        x: ``[B, M, D]`` points (Tango: ST-RoPE'd unit-norm features); may be None when ``dist`` is given.
         n_clusters: C, number of centres per set, ``1 <= C <= M``.
         k: neighbours in the density estimate (the point itself excluded); 0 = constant density.
         generator: source of the tie-breaking noise (CPU generator; None uses the global RNG).
         noise: amplitude of the uniform noise added to the density.
-        dist: optional precomputed ``[B, M, M]`` distance matrix of ``x``.
+        dist: optional precomputed ``[B, M, M]`` distance matrix of ``x``; read, never written.
         max_block: largest distance block (elements) computed at once (None: ``MAX_BLOCK``); above it, two
             blocked passes.
 
     Returns:
         ``[B, C]`` long indices into M, in decreasing order of the score ``rho * delta`` (upstream's order).
     """
-    b, m, _ = x.shape
+    b, m = (x if dist is None else dist).shape[:2]
     if not 1 <= n_clusters <= m:
         raise ValueError(f"n_clusters={n_clusters} must be in [1, {m}] (number of points)")
     max_block = MAX_BLOCK if max_block is None else max_block
@@ -80,14 +115,14 @@ def dpc_knn(
         rho = (-(knn**2).mean(dim=-1)).exp()
     rho = rho + torch.rand(rho.shape, generator=generator, dtype=rho.dtype).to(rho.device) * noise
     # delta_i = distance to the nearest denser point; the densest point gets the largest distance of its set.
+    # Row blocks of at most DELTA_BLOCK elements: the masked copy never holds the whole [M, M] matrix, and ``d``
+    # stays intact for the caller (cluster assignment reads its columns).
     d_max = d.amax(dim=(1, 2), keepdim=True)
-    not_denser = rho[:, None, :] <= rho[:, :, None]
-    if b == 1 and dist is None:
-        # The big case (one segment-wide pool, M up to N*L): fill our own matrix in place, saving one [M, M]
-        # float buffer at the peak.
-        delta = d.masked_fill_(not_denser, d_max.item()).amin(dim=-1)
-    else:
-        delta = torch.where(not_denser, d_max, d).amin(dim=-1)
+    delta = torch.empty_like(rho)
+    step = max(1, DELTA_BLOCK // (b * m))
+    for s in range(0, m, step):
+        not_denser = rho[:, None, :] <= rho[:, s : s + step, None]
+        delta[:, s : s + step] = torch.where(not_denser, d_max, d[:, s : s + step]).amin(dim=-1)
     return (rho * delta).topk(n_clusters, dim=-1).indices
 
 

@@ -65,6 +65,14 @@ from torch import Tensor
 from tango.hooks import keep_positions
 from tango.methods.base import PruningMethod, SampleError, Selection, check_budget, identity_selection
 
+#: How each regime turns ``budget`` into kept counts (recorded as ``stats['budget_rule']``; N frames of L tokens,
+#: A anchor frames kept whole, P pruned frames, N_used frames the TTM schedule uses).
+BUDGET_RULES = {
+    "ttm": "round((r*N*L - A*L)/P) per pruned frame, anchors whole",
+    "ttm_cap": "round(r*N*L/N_used) per frame, anchors included",
+    "ttm_k": "int((1-k)*L) per pruned frame (merging_ratio k), anchors whole",
+}
+
 ANCHOR, PASS1, PASS2 = 0, 1, 2
 
 
@@ -237,7 +245,8 @@ class DyCoke(PruningMethod):
             regime = "ttm_cap"
             keep = anchor_keep = max(1, min(length, round(budget * total / n_used)))
         out = anchors * (length if anchor_keep is None else anchor_keep) + pruned * keep
-        return {"regime": regime, "keep_per_frame": keep, "anchor_keep": anchor_keep, "anchor_frames": anchors,
+        return {"regime": regime, "budget_rule": BUDGET_RULES[regime], "keep_per_frame": keep,
+                "anchor_keep": anchor_keep, "anchor_frames": anchors,
                 "dropped_frames": num_frames - n_used, "tokens_out": out, "ttm_floor": floor / total}
 
     def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
@@ -256,6 +265,7 @@ class DyCoke(PruningMethod):
             "tokens_in": n * length,
             "tokens_out": idx.numel(),
             "regime": plan["regime"],
+            "budget_rule": plan["budget_rule"],
             "keep_per_frame": plan["keep_per_frame"],
             "anchor_frames": plan["anchor_frames"],
             "dropped_frames": plan["dropped_frames"],

@@ -118,6 +118,7 @@ class FastV(PruningMethod):
         plan = self.plan(n * length, budget)
         sel = identity_selection(x)
         sel.stats.update(tokens_kept_after_layer=plan["num_keep"], tokens_layer_avg=plan["tokens_layer_avg"],
+                         budget_rule="round(n*f) after layer K, f=(layers*budget-K)/(layers-K)",
                          keep_fraction=plan["keep_fraction"], layer=self.layer, num_layers=self.num_layers)
         return sel
 

@@ -305,5 +305,6 @@ class HoliTom(PruningMethod):
         tokens, indices = torch.cat(parts_tok)[order], torch.cat(parts_idx)[order]
         stats = {"tokens_in": total, "tokens_out": int(indices.numel()), "windows": len(sizes),
                  "multi_frame_windows": sum(w > 1 for w in sizes), "static_tokens": kept_static,
-                 "total_reduced": total_reduced, "ratio_rescaled": ratio, "tau": tau, "inner_llm": self.inner_llm}
+                 "total_reduced": total_reduced, "ratio_rescaled": ratio, "tau": tau, "inner_llm": self.inner_llm,
+                 "budget_rule": "ceil(L*r') per frame (RETAIN_RATIO r, rescaled to r' for static windows)"}
         return Selection(tokens=tokens.to(x.dtype), indices=indices, stats=stats)

@@ -49,6 +49,7 @@ def st_rope(
     sections: list[int],
     base_time: float = 10000.0,
     base_space: float = 1000.0,
+    inplace: bool = False,
 ) -> Tensor:
     """Rotate ``x [N, L, D]`` (``L = H * W`` raster-ordered tokens of N frames) by their (t, h, w) positions.
 
@@ -59,23 +60,28 @@ def st_rope(
         sections: ``[d_t, d_h, d_w]`` channel sections, each even, summing to D.
         base_time: RoPE base of the time section (larger = slower decay with time offset).
         base_space: RoPE base of the two spatial sections.
+        inplace: rotate a contiguous float32 ``x`` in its own storage (no full-size temporaries; the same values).
 
     Returns:
-        ``[N, L, D]`` float32 rotated features.
+        ``[N, L, D]`` float32 rotated features (``x`` itself when ``inplace``).
     """
     n, l, d = x.shape
     h, w = int(grid[0]), int(grid[1])
     if h * w != l:
         raise ValueError(f"grid {(h, w)} does not match L={l} tokens per frame")
     sections = check_sections(sections, d)
+    if inplace and (x.dtype != torch.float32 or not x.is_contiguous()):
+        raise ValueError(f"st_rope(inplace=True) needs a contiguous float32 x, got {x.dtype}, "
+                         f"contiguous={x.is_contiguous()}")
     dev = x.device
+    out = x
     x = x.float().reshape(n, h, w, d)
     positions = (
         timestamps.to(device=dev, dtype=torch.float32)[:, None, None, None],  # [N, 1, 1, 1]
         torch.arange(h, device=dev, dtype=torch.float32)[None, :, None, None],  # [1, H, 1, 1]
         torch.arange(w, device=dev, dtype=torch.float32)[None, None, :, None],  # [1, 1, W, 1]
     )
-    out, start = [], 0
+    parts, start = [], 0
     for pos, base, size in zip(positions, (base_time, base_space, base_space), sections):
         # cos/sin on the small per-axis half table, broadcast over the other axes. Written per half instead of
         # upstream's x * cos + rotate_half(x) * sin: the same float operations on every element (a + (-b) == a - b),
@@ -84,6 +90,11 @@ def st_rope(
         cos, sin = angle.cos(), angle.sin()
         half = size // 2
         x1, x2 = x[..., start : start + half], x[..., start + half : start + size]
-        out += [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+        if inplace:  # half-section temporaries only; each element still gets fl(fl(a * c) -/+ fl(b * s))
+            x2_sin, x1_sin = x2 * sin, x1 * sin
+            x1.mul_(cos).sub_(x2_sin)
+            x2.mul_(cos).add_(x1_sin)
+        else:
+            parts += [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
         start += size
-    return torch.cat(out, dim=-1).reshape(n, l, d)
+    return out if inplace else torch.cat(parts, dim=-1).reshape(n, l, d)

@@ -49,9 +49,11 @@ Defaults follow the reference *code* (the run scripts for the hyperparameters). 
   masks, and the HoliTom removable-count table is built from run lengths in O(N L + N^2) memory; the segmentation
   DP is a loop over frames with one vector op per frame (upstream: loops over frames x windows). Multi-frame
   segments are still processed one after the other (each has its own static mask and budget). The DPC-KNN distance
-  matrices are the same full ``torch.cdist`` ones as upstream (needed for identical selections); the segment-wide
-  one is masked in place, saving one ``[M, M]`` buffer. The random-number consumption order differs from upstream's
-  (single-frame segments first), which only matters for exact density ties.
+  matrices hold upstream's ``torch.cdist`` values bit for bit (needed for identical selections), built in place
+  from the unique tokens (:func:`~tango.methods.dpc.gathered_cdist`); the nearest-anchor assignment reads the
+  anchors' columns of that matrix instead of a second cdist (the same values), and the nearest-denser-point step
+  masks it in row blocks. ST-RoPE rotates the normalised features in place. The random-number consumption order
+  differs from upstream's (single-frame segments first), which only matters for exact density ties.
 - ST-RoPE sections for another hidden size than 3584 (upstream hard-codes ``[1196, 1194, 1194]``):
   ``d_h = d_w = 2 * (D // 6)``, ``d_t = D - 2 d_h`` (:func:`~tango.methods.st_rope.strope_sections`); identical
   for D = 3584, ``[24, 20, 20]`` for the tiny D = 64. Override with ``strope_sections``.
@@ -300,7 +302,8 @@ class Tango(PruningMethod):
         xr = xn
         if self.use_st_rope:
             sections = check_sections(self.strope_sections, d) if self.strope_sections else strope_sections(d)
-            xr = st_rope(xr, timestamps, grid, sections, self.base_time, self.base_space)
+            # In place: xn is not needed after the cosines above (saves full-size temporaries).
+            xr = st_rope(xn, timestamps, grid, sections, self.base_time, self.base_space, inplace=True)
 
         sizes = self._segment_sizes(x, sim, budget, metric)
         gen = torch.Generator().manual_seed(int(self.seed))
@@ -321,7 +324,9 @@ class Tango(PruningMethod):
         single = starts[torch.tensor(sizes) == 1].to(x.device)
         if single.numel():
             # Every single-frame segment has L tokens: one batched compression for all of them.
-            idx, feat, n_sal, n_ctx = compress(x[single], xr[single], score[single], ratio, **ckw)
+            every = single.numel() == n  # all frames single: no copies of the video
+            idx, feat, n_sal, n_ctx = compress(*((x, xr, score) if every else (x[single], xr[single], score[single])),
+                                               ratio, **ckw)
             out_idx.append((single[:, None] * l + idx).flatten())
             out_feat.append(feat.reshape(-1, d))
             counts["salient_kept"] += n_sal * single.numel()
@@ -347,29 +352,32 @@ class Tango(PruningMethod):
                 continue
             dyn = (~static).nonzero().flatten()
             l_dyn = dyn.numel()
-            xd, xrd, sd = xs[:, dyn], xrs[:, dyn], ss[:, dyn]
+            xrd, sd = xrs[:, dyn], ss[:, dyn]
             frame_base = (n0 + torch.arange(size, device=x.device))[:, None] * l  # [size, 1]
             n_sal, n_ctx = budget_split(l_dyn, seg_ratio, self.context_ratio, at_least_one=False)
             sal = x.new_zeros(size, 0, dtype=torch.long)
             if n_sal > 0:
                 sal = select_salient(xrd, sd, n_sal, alpha=self.alpha, diverse=self.salient_mode == "diverse", **kw)
-                out_idx.append((frame_base + dyn[sal]).flatten())
-                out_feat.append(gather_rows(xd, sal).reshape(-1, d))
+                sal_global = (frame_base + dyn[sal]).flatten()
+                out_idx.append(sal_global)
+                out_feat.append(x.reshape(n * l, d)[sal_global])
                 counts["salient_kept"] += sal.numel()
             if n_ctx > 0:
                 # The context pool spans all frames of the segment, frame-major.
                 rest = unselected(l_dyn, sal)  # [size, P_f]
                 pool_global = (frame_base + dyn[rest]).flatten()
                 n_anchor = n_ctx * size
+                pool_x = x.reshape(n * l, d)[pool_global]
                 if pool_global.numel() <= n_anchor:
                     out_idx.append(pool_global)
-                    out_feat.append(gather_rows(xd, rest).reshape(-1, d))
+                    out_feat.append(pool_x)
                     counts["context_kept"] += pool_global.numel()
                 else:
                     anchors, merged = tango_ops.merge_context(
-                        gather_rows(xd, rest).reshape(1, -1, d),
-                        gather_rows(xrd, rest).reshape(1, -1, xr.shape[-1]),
+                        pool_x[None],
+                        xr.reshape(1, n * l, -1),
                         n_anchor,
+                        rows=pool_global[None],
                         beta=self.beta,
                         merge=self.merge_context,
                         fix_order=self.fix_merge_order,
@@ -387,6 +395,7 @@ class Tango(PruningMethod):
             tokens_in=n * l,
             tokens_out=int(indices.numel()),
             budget_pre_llm=ratio,
+            budget_rule="ceil(L*r') per frame (pre-LLM ratio r, rescaled to r' for static positions)",
             # the segmentation threshold used: segment_threshold, or the run scripts' rule on the requested budget
             segment_tau=self.segment_tau(budget),
             num_segments=len(sizes),

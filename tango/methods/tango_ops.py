@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tango.methods.dpc import assign_nearest, dpc_knn
+from tango.methods import dpc
+from tango.methods.dpc import assign_nearest, columns_argmin, dpc_knn, gathered_cdist, pairwise_dist
 
 # --------------------------------------------------------------------------------------------------------------------
 # Temporal video segmentation
@@ -147,10 +148,12 @@ def select_salient(
     cand = score.topk(n_cand, dim=1).indices  # [B, n_cand], decreasing score
     if n_cand <= k or n_cand <= 1:
         return cand
-    cand_xr = xr.gather(1, cand[..., None].expand(-1, -1, d))
     cand_score = score.gather(1, cand)
-    centres = dpc_knn(cand_xr, k, k_neighbors, generator=generator, noise=noise)  # [B, k]
-    assign = assign_nearest(cand_xr, cand_xr.gather(1, centres[..., None].expand(-1, -1, d)))  # [B, n_cand]
+    # The candidates' distances serve the density peaks and, through the centres' columns, the assignment (the
+    # same values as a fresh cdist to the centres).
+    dist = pairwise_dist(xr.gather(1, cand[..., None].expand(-1, -1, d)))
+    centres = dpc_knn(None, k, k_neighbors, generator=generator, noise=noise, dist=dist)  # [B, k]
+    assign = columns_argmin(dist, centres)  # [B, n_cand]
     member = assign[..., None] == torch.arange(k, device=xr.device)  # [B, n_cand, k]
     masked = cand_score[..., None].masked_fill(~member, torch.finfo(cand_score.dtype).min)
     best = torch.where(member.any(dim=1), masked.argmax(dim=1), centres)  # first maximum: higher-ranked candidate
@@ -184,6 +187,7 @@ def merge_context(
     fix_order: bool = False,
     generator: torch.Generator | None = None,
     noise: float = 1e-6,
+    rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Spatio-Temporal Merging of one pool of context tokens per batch row.
 
@@ -196,20 +200,32 @@ def merge_context(
 
     Args:
         x: ``[B, P, D]`` features to merge (raw, not normalised).
-        xr: ``[B, P, Dr]`` clustering features.
+        xr: ``[B, P, Dr]`` clustering features, or, with ``rows``, ``[B, M, Dr]`` of which the pool is
+            ``xr.gather(1, rows)`` (saves that copy).
         n_anchors: C, ``1 <= C <= P``.
         merge: False (ablation) keeps the anchors' own features.
+        rows: optional ``[B, P]`` pool rows of ``xr``.
 
     Returns:
         ``(anchors [B, C] local indices, features [B, C, D] for those anchors)``.
     """
     b, p, d = x.shape
-    centres = dpc_knn(xr, n_anchors, k_neighbors, generator=generator, noise=noise)  # score order
-    asc = centres.sort(dim=1).values
+    # Up to MAX_BLOCK distances, one matrix serves the density peaks and, through the anchors' columns, the
+    # assignment (the same values as upstream's fresh cdist to the anchors). Above it, dpc_knn and the assignment
+    # recompute distances in row blocks.
+    big = b * p * p > dpc.MAX_BLOCK
+    if big and rows is not None:
+        xr = xr.gather(1, rows[..., None].expand(-1, -1, xr.shape[-1]))
+    dist = None if big else gathered_cdist(xr, rows) if rows is not None else pairwise_dist(xr)
+    centres = dpc_knn(xr if big else None, n_anchors, k_neighbors, generator=generator, noise=noise, dist=dist)
+    asc = centres.sort(dim=1).values  # centres are in score order
     anchor_x = x.gather(1, asc[..., None].expand(-1, -1, d))
     if not merge:
         return asc, anchor_x  # no merged rows, so no write-back order to reproduce
-    assign = assign_nearest(xr, xr.gather(1, asc[..., None].expand(-1, -1, xr.shape[-1])))  # [B, P]
+    if dist is None:
+        assign = assign_nearest(xr, xr.gather(1, asc[..., None].expand(-1, -1, xr.shape[-1])))  # [B, P]
+    else:
+        assign = columns_argmin(dist, asc)  # [B, P]
     # One flat index_add over all rows: the same per-anchor summation order as upstream's index_add_.
     flat = (assign + torch.arange(b, device=x.device)[:, None] * n_anchors).flatten()
     sums = torch.zeros(b * n_anchors, d, dtype=x.dtype, device=x.device).index_add_(0, flat, x.reshape(b * p, d))
@@ -295,8 +311,9 @@ def compress(
         else:
             anchors, merged = merge_context(
                 gather_rows(x, rest),
-                gather_rows(xr, rest),
+                xr,
                 n_ctx,
+                rows=rest,
                 k_neighbors=k_neighbors,
                 beta=beta,
                 merge=merge,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tango.methods import METHODS
 from tango.methods.dpc import dpc_knn
@@ -579,3 +580,34 @@ def test_merge_context_weights_and_write_back_order():
     # Upstream: the same merged rows, written onto the anchors in score order.
     torch.testing.assert_close(feats_up, feats_fixed)
     assert not torch.equal(anchors_up, anchors_fixed)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("b,m,p,d", [(3, 40, 31, 70), (1, 300, 257, 3584), (4, 30, 20, 16), (2, 26, 26, 8)])
+def test_shared_distances_are_torch_cdist_bit_for_bit(b, m, p, d):
+    """The pool distances (built in place) and the assignment read from their columns are exactly what torch.cdist
+    gives on the gathered pool, as upstream computes them (a torch release that changes cdist's kernel fails here)."""
+    from tango.methods.dpc import assign_nearest, columns_argmin, gathered_cdist
+
+    g = torch.Generator().manual_seed(p)
+    x = F.normalize(torch.randn(b, m, d, generator=g), dim=-1)
+    rows = torch.stack([torch.randperm(m, generator=g)[:p].sort().values for _ in range(b)])
+    pool = x.gather(1, rows[..., None].expand(-1, -1, d))
+    dist = gathered_cdist(x, rows)
+    assert torch.equal(dist, torch.cdist(pool, pool))
+    cols = torch.stack([torch.randperm(p, generator=g)[:7] for _ in range(b)])
+    centres = pool.gather(1, cols[..., None].expand(-1, -1, d))
+    assert torch.equal(columns_argmin(dist, cols), assign_nearest(pool, centres))
+
+
+@pytest.mark.unit
+def test_st_rope_in_place_gives_the_same_values():
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(5, 12, 64, generator=g), dim=-1)
+    t = torch.tensor([0.0, 0.5, 3.0, 7.5, 100.0])
+    ref = st_rope(x, t, (3, 4), strope_sections(64))
+    y = x.clone()
+    assert st_rope(y, t, (3, 4), strope_sections(64), inplace=True) is y
+    assert torch.equal(y, ref)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        st_rope(x.double(), t, (3, 4), strope_sections(64), inplace=True)
