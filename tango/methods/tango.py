@@ -83,7 +83,6 @@ from tango.methods.tango_ops import (
     compress,
     consecutive_cosine,
     fastvid_segments,
-    gather_rows,
     holitom_segments,
     inner_llm_merge,
     pre_llm_ratio,
