@@ -7,6 +7,7 @@ callables on the harness's inputs: for the parity fixture generators (``tests/fi
     run = load("dycoke", "/path/to/DyCoke")     # run(x [N, L, D], k) -> DyCoke's TTM output [M, D]
     run = load("holitom_inner", "/path/to/HoliTom")   # run(hidden [1, S, D], row [H, S], start, length, r)
     run = load("tango", "/path/to/Tango")       # run(x [N, L, D], attn, timestamps, budget, tau=..., sinks=...)
+    run = load("evs", "/path/to/vllm")          # run(x [N, L, D], q) -> vLLM's EVS retention mask as indices
 
 Each callable returns ``{"tokens": [M, D], "indices": [M] flat frame * L + l}`` in the method's LLM order (plus
 HoliTom's ``windows``, ``total_reduced`` and ``ratio``). The glue each needs (HoliTom's driver lines of
@@ -25,12 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "holitom_inner": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990",
-           "dycoke": "dd7463498203479d0ff6f2d29c4e72928c0af244", "tango": "cc815b6e6762f6cf54ae20fafefd4d5bc02f2aef"}
+COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "holitom_inner": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0",
+           "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990",
+           "dycoke": "dd7463498203479d0ff6f2d29c4e72928c0af244", "tango": "cc815b6e6762f6cf54ae20fafefd4d5bc02f2aef",
+           "evs": "d750efb17f402de810f88283c64f4ec0f7cb6c93"}
 FILES = {"holitom": "holitom/llava_arch.py", "holitom_inner": "holitom/modeling_qwen2.py",
          "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
          "dycoke": "llava/model/llava_arch.py",
-         "tango": "tango/pruner.py"}
+         "tango": "tango/pruner.py", "evs": "vllm/multimodal/video_prune/evs.py"}
 TANGO_MODULES = ("tango/utils.py", "tango/prune_config.py", "tango/pruner.py", "llava/model/st_rope.py")
 
 
@@ -197,8 +200,23 @@ def load_tango(repo):
     return run
 
 
+def load_evs(repo):
+    """vLLM's ``compute_retention_mask`` (pure torch), from a clone of vllm-project/vllm or from the installed
+    ``vllm`` package's directory's parent (``vllm/multimodal/video_prune/evs.py``): ``run(x [N, L, D], q)`` ->
+    ``{"indices": kept flat indices, ascending}`` with ``(T, H, W) = (N, 1, L)`` and merge size 1."""
+    ns: dict = {}
+    exec(compile(source("evs", repo), FILES["evs"], "exec"), ns)
+
+    def run(x, q: float) -> dict:
+        n, l, d = x.shape
+        mask = ns["compute_retention_mask"](x.reshape(n * l, d), (n, 1, l), 1, q)
+        return {"indices": mask.nonzero().flatten()}
+
+    return run
+
+
 LOADERS = {"holitom": load_holitom, "tango": load_tango, "holitom_inner": load_holitom_inner, "fastvid": load_fastvid,
-           "dycoke": load_dycoke}
+           "dycoke": load_dycoke, "evs": load_evs}
 
 
 def rounded(t: torch.Tensor) -> list:

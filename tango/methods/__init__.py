@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
 from tango.methods.none import NoPruning
+from tango.methods.controls import RandomDrop, UniformPool
 from tango.methods.dycoke import DyCoke
+from tango.methods.evs import EVS
 from tango.methods.fastv import FastV
 from tango.methods.fastvid import FastVID
 from tango.methods.holitom import HoliTom
@@ -21,6 +23,9 @@ METHODS: dict[str, type[PruningMethod]] = {
     "tango": Tango,
     "holitom": HoliTom,
     "fastvid": FastVID,
+    "evs": EVS,
+    "random": RandomDrop,
+    "uniform_pool": UniformPool,
 }
 
 

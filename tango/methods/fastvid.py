@@ -77,10 +77,11 @@ def anchor_schedule(sizes: list[int], context: int, p: int) -> list[int]:
 
 def gram_dist(p: Tensor) -> Tensor:
     """Pairwise Euclidean distances ``[B, M, M]`` of ``p [B, M, D]`` from one Gram matrix (``|a|^2 + |b|^2 - 2 a.b``,
-    zero diagonal): 2.7x faster than ``torch.cdist``'s matmul path on 32 x 184 x 3584, whose padded copies it avoids;
-    off-diagonal values agree to ~3e-7 relative (upstream's diagonal is cancellation noise, here exactly 0)."""
+    zero diagonal), avoiding the padded copies of ``torch.cdist``'s matmul path; off-diagonal values agree with it to
+    ~4e-7 relative (upstream's diagonal is cancellation noise, here exactly 0). A plain ``bmm`` then the norms: on
+    CPU ``baddbmm`` with the norms as its input took 70 ms against 44 ms on 32 x 184 x 3584."""
     sq = torch.linalg.vector_norm(p, dim=-1).square()
-    g = torch.baddbmm(sq[:, :, None] + sq[:, None, :], p, p.transpose(1, 2), alpha=-2)
+    g = (sq[:, :, None] + sq[:, None, :]).add_(torch.bmm(p, p.transpose(1, 2)), alpha=-2)
     g.diagonal(dim1=1, dim2=2).zero_()
     return g.clamp_min_(0).sqrt_()
 
