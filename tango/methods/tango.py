@@ -366,17 +366,17 @@ class Tango(PruningMethod):
                 rest = unselected(l_dyn, sal)  # [size, P_f]
                 pool_global = (frame_base + dyn[rest]).flatten()
                 n_anchor = n_ctx * size
-                pool_x = x.reshape(n * l, d)[pool_global]
                 if pool_global.numel() <= n_anchor:
                     out_idx.append(pool_global)
-                    out_feat.append(pool_x)
+                    out_feat.append(x.reshape(n * l, d)[pool_global])
                     counts["context_kept"] += pool_global.numel()
                 else:
+                    # The pool read in place from this segment's frames (rows local to the segment).
                     anchors, merged = tango_ops.merge_context(
-                        pool_x[None],
-                        xr.reshape(1, n * l, -1),
+                        xs.reshape(1, size * l, d),
+                        xrs.reshape(1, size * l, -1),
                         n_anchor,
-                        rows=pool_global[None],
+                        rows=(pool_global - n0 * l)[None],
                         beta=self.beta,
                         merge=self.merge_context,
                         fix_order=self.fix_merge_order,

@@ -199,17 +199,18 @@ def merge_context(
     ``j``-th anchor by score); ``fix_order=True`` gives every anchor the merge of its own cluster.
 
     Args:
-        x: ``[B, P, D]`` features to merge (raw, not normalised).
-        xr: ``[B, P, Dr]`` clustering features, or, with ``rows``, ``[B, M, Dr]`` of which the pool is
-            ``xr.gather(1, rows)`` (saves that copy).
+        x: ``[B, P, D]`` features to merge (raw, not normalised), or, with ``rows``, ``[B, M, D]`` of which the pool is
+            ``x.gather(1, rows)``.
+        xr: ``[B, P, Dr]`` clustering features (``[B, M, Dr]`` with ``rows``).
         n_anchors: C, ``1 <= C <= P``.
         merge: False (ablation) keeps the anchors' own features.
-        rows: optional ``[B, P]`` pool rows of ``xr``.
+        rows: optional ``[B, P]`` ascending pool rows of ``x`` and ``xr``: the pool is read in place, never copied.
 
     Returns:
-        ``(anchors [B, C] local indices, features [B, C, D] for those anchors)``.
+        ``(anchors [B, C] local indices into the pool, features [B, C, D] for those anchors)``.
     """
-    b, p, d = x.shape
+    b, d = x.shape[0], x.shape[-1]
+    p = x.shape[1] if rows is None else rows.shape[1]
     # Up to MAX_BLOCK distances, one matrix serves the density peaks and, through the anchors' columns, the
     # assignment (the same values as upstream's fresh cdist to the anchors). Above it, dpc_knn and the assignment
     # recompute distances in row blocks.
@@ -219,20 +220,27 @@ def merge_context(
     dist = None if big else gathered_cdist(xr, rows) if rows is not None else pairwise_dist(xr)
     centres = dpc_knn(xr if big else None, n_anchors, k_neighbors, generator=generator, noise=noise, dist=dist)
     asc = centres.sort(dim=1).values  # centres are in score order
-    anchor_x = x.gather(1, asc[..., None].expand(-1, -1, d))
+    src = asc if rows is None else rows.gather(1, asc)  # anchors' rows of x
+    anchor_x = x.gather(1, src[..., None].expand(-1, -1, d))
     if not merge:
         return asc, anchor_x  # no merged rows, so no write-back order to reproduce
     if dist is None:
         assign = assign_nearest(xr, xr.gather(1, asc[..., None].expand(-1, -1, xr.shape[-1])))  # [B, P]
     else:
         assign = columns_argmin(dist, asc)  # [B, P]
-    # One flat index_add over all rows: the same per-anchor summation order as upstream's index_add_.
-    flat = (assign + torch.arange(b, device=x.device)[:, None] * n_anchors).flatten()
-    sums = torch.zeros(b * n_anchors, d, dtype=x.dtype, device=x.device).index_add_(0, flat, x.reshape(b * p, d))
-    counts = torch.zeros(b * n_anchors, 1, dtype=x.dtype, device=x.device).index_add_(
-        0, flat, torch.ones(b * p, 1, dtype=x.dtype, device=x.device)
+    # One flat index_add over all rows, in ascending row order: the same per-anchor summation order as upstream's
+    # index_add_ over the gathered pool. With ``rows``, rows outside the pool go to a discarded extra row.
+    target = (assign + torch.arange(b, device=x.device)[:, None] * n_anchors).flatten()
+    if rows is not None:
+        m = x.shape[1]
+        full = torch.full((b, m), b * n_anchors, dtype=target.dtype, device=x.device)
+        target = full.scatter_(1, rows, target.view(b, p)).flatten()
+    src_rows = x.reshape(-1, d)
+    sums = torch.zeros(b * n_anchors + 1, d, dtype=x.dtype, device=x.device).index_add_(0, target, src_rows)
+    counts = torch.zeros(b * n_anchors + 1, 1, dtype=x.dtype, device=x.device).index_add_(
+        0, target, torch.ones(src_rows.shape[0], 1, dtype=x.dtype, device=x.device)
     )
-    counts = counts.clamp(min=1)
+    sums, counts = sums[:-1], counts[:-1].clamp(min=1)
     w = (1.0 / counts).clamp(min=beta).view(b, n_anchors, 1)
     feats = w * anchor_x + (1 - w) * (sums / counts).view(b, n_anchors, d)
     return (asc if fix_order else centres), feats
@@ -310,7 +318,7 @@ def compress(
             feats.append(gather_rows(x, rest))
         else:
             anchors, merged = merge_context(
-                gather_rows(x, rest),
+                x,
                 xr,
                 n_ctx,
                 rows=rest,
