@@ -8,6 +8,8 @@ callables on the harness's inputs: for the parity fixture generators (``tests/fi
     run = load("holitom_inner", "/path/to/HoliTom")   # run(hidden [1, S, D], row [H, S], start, length, r)
     run = load("tango", "/path/to/Tango")       # run(x [N, L, D], attn, timestamps, budget, tau=..., sinks=...)
     run = load("evs", "/path/to/vllm")          # run(x [N, L, D], q) -> vLLM's EVS retention mask as indices
+    run = load("vidcom2", "/path/to/VidCom2")   # run(x [N, L, D], r) -> the authors' kept indices and rows
+    run = load("vidcom2_vllm", "/path/to/vllm") # run(x [N, L, D], q) -> vLLM's VidCom2 retention mask as indices
 
 Each callable returns ``{"tokens": [M, D], "indices": [M] flat frame * L + l}`` in the method's LLM order (plus
 HoliTom's ``windows``, ``total_reduced`` and ``ratio``). The glue each needs (HoliTom's driver lines of
@@ -26,14 +28,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0", "holitom_inner": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0",
+COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0",
+           "holitom_inner": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0",
            "fastvid": "a40a109cb8df20e8c2c17c6850f8269717369990",
            "dycoke": "dd7463498203479d0ff6f2d29c4e72928c0af244", "tango": "cc815b6e6762f6cf54ae20fafefd4d5bc02f2aef",
-           "evs": "d750efb17f402de810f88283c64f4ec0f7cb6c93"}
+           "evs": "d750efb17f402de810f88283c64f4ec0f7cb6c93",
+           "vidcom2": "944a17d14f4848ad080a65eab2b0711a760fa154",
+           "vidcom2_vllm": "0f17ee061e413bf8ab7927f926f69cdff24dc63e"}
 FILES = {"holitom": "holitom/llava_arch.py", "holitom_inner": "holitom/modeling_qwen2.py",
          "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
          "dycoke": "llava/model/llava_arch.py",
-         "tango": "tango/pruner.py", "evs": "vllm/multimodal/video_prune/evs.py"}
+         "tango": "tango/pruner.py", "evs": "vllm/multimodal/video_prune/evs.py",
+         "vidcom2": "token_compressor/vidcom2/vidcom2.py", "vidcom2_vllm": "vllm/multimodal/video_prune/vidcom2.py"}
 TANGO_MODULES = ("tango/utils.py", "tango/prune_config.py", "tango/pruner.py", "llava/model/st_rope.py")
 
 
@@ -215,8 +221,40 @@ def load_evs(repo):
     return run
 
 
+def load_vidcom2(repo):
+    """The authors' VidCom² steps, called in ``vidcom2_compression``'s order with the Qwen ("linear", dynamic L)
+    spec: ``run(x [N, L, D], r)`` -> ``{"indices": kept flat indices, ascending, "tokens": its output rows}``."""
+    ns: dict = {}
+    exec(compile(source("vidcom2", repo), FILES["vidcom2"], "exec"), ns)
+
+    def run(x, r: float) -> dict:
+        n, l, d = x.shape
+        flat = x.reshape(n * l, d)
+        v, f = ns["compute_gaussian_scores"](ns["select_low_var_channels"](flat), l)
+        per_frame = ns["select_outlier_indices"](v + f, ns["compute_scales"](-v.mean(dim=-1), r), l)
+        idx = ns["_map_linear_offset"](per_frame, l)
+        out = ns["vidcom2_compression"](flat, model="qwen2_5_vl", base_scale=r, frame_token_len=l)
+        assert torch.equal(out, flat[idx])  # the steps above are vidcom2_compression's
+        return {"indices": idx, "tokens": out}
+
+    return run
+
+
+def load_vidcom2_vllm(repo):
+    """vLLM's VidCom² ``compute_retention_mask``: ``run(x [N, L, D], q)`` -> ``{"indices": kept, ascending}``."""
+    ns: dict = {}
+    exec(compile(source("vidcom2_vllm", repo), FILES["vidcom2_vllm"], "exec"), ns)
+
+    def run(x, q: float) -> dict:
+        n, l, d = x.shape
+        return {"indices": ns["compute_retention_mask"](x.reshape(n * l, d), (n, 1, l), 1, q).nonzero().flatten()}
+
+    return run
+
+
 LOADERS = {"holitom": load_holitom, "tango": load_tango, "holitom_inner": load_holitom_inner, "fastvid": load_fastvid,
-           "dycoke": load_dycoke, "evs": load_evs}
+           "dycoke": load_dycoke, "evs": load_evs,
+           "vidcom2": load_vidcom2, "vidcom2_vllm": load_vidcom2_vllm}
 
 
 def rounded(t: torch.Tensor) -> list:

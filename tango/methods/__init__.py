@@ -11,6 +11,7 @@ from tango.methods.fastv import FastV
 from tango.methods.fastvid import FastVID
 from tango.methods.holitom import HoliTom
 from tango.methods.tango import Tango
+from tango.methods.vidcom2 import VidCom2
 from tango.methods.visionzip import VisionZip
 
 #: name -> method dataclass. The key is the config file name under configs/method/; the order is the tables' order.
@@ -24,6 +25,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     "holitom": HoliTom,
     "fastvid": FastVID,
     "evs": EVS,
+    "vidcom2": VidCom2,
     "random": RandomDrop,
     "uniform_pool": UniformPool,
 }

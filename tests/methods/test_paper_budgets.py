@@ -60,6 +60,7 @@ PAPER_COUNTS = {
     "tango": ("tokens_out", (640, 960, 1280, 1568), "run_eval_ov.sh retain ratio: ceil(196 r) per frame"),
     "holitom": ("tokens_out", (640, 960, 1280, 1568), "eval_ov-7b_holitom.sh RETAIN_RATIO: ceil(196 r) per frame"),
     "fastvid": ("tokens_out", (608, 928, 1248, 1568), "FastVID's int(196 r) per frame"),
+    "vidcom2": ("tokens_out", (640, 928, 1248, 1568), "authors' R_RATIO: round(196 r) per frame (no frame stands out)"),
     "evs": ("tokens_out", (627, 940, 1254, 1568), "vLLM: int(6272 (1 - q)), q = 1 - r in floats (1 - 0.9 < 0.1)"),
     "random": ("tokens_out", (640, 928, 1248, 1568), "control: round(196 r) per frame"),
     "uniform_pool": ("tokens_out", (640, 960, 1344, 1568), "control: 4x5, 5x6, 6x7, 7x7 pooled grids"),
