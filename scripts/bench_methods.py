@@ -15,10 +15,11 @@ its inputs (``peak_extra_mib``: Tango's segment-wide distances are computed in b
 quadratically, in frames). Methods on the ``pooling_head`` source (Tango, FastVID) get ``metric`` as a frame-global
 feature ``[frames, 1152]`` (the SigLIP head's output), the others the keys above.
 
-``--reference holitom=/path/to/HoliTom fastvid=/path/to/FastVID tango=/path/to/Tango`` also times the authors' implementation of those
-methods, loaded from a local clone at its pinned commit by ``scripts/upstream.py`` (never committed), on the same
-inputs: ``reference_ms``, ``speedup_vs_reference`` (reference / harness median) and ``matches_reference`` (the same
-kept indices in the same order; for Tango the same kept set: its reference returns sorted indices).
+``--reference holitom=/path/to/HoliTom fastvid=/path/to/FastVID tango=/path/to/Tango vidcom2=/path/to/VidCom2
+evs=/path/to/vllm`` also times the reference implementation of those methods (the authors'; vLLM's for EVS), loaded
+from a local clone at its pinned commit by ``scripts/upstream.py`` (never committed), on the same inputs:
+``reference_ms``, ``speedup_vs_reference`` (reference / harness median) and ``matches_reference`` (the same kept
+indices in the same order; for Tango the same kept set: its reference returns sorted indices).
 
 Examples::
 
@@ -193,6 +194,12 @@ def reference_call(name: str, run, method, x, attn, glob, budget: float, ts=None
         return call
     if name == "fastvid":
         return lambda: run(x, attn, glob, budget, c=method.segments, tau=method.tau, seed=method.seed)
+    if name == "evs":  # vLLM's function, with its pruning rate
+        return lambda: run(x, method.pruning_rate(budget))
+    if name == "vidcom2":
+        if method.count_rule != "authors":
+            raise ValueError("--reference vidcom2 is the authors' code: bench count_rule=authors")
+        return lambda: run(x, budget)
     raise ValueError(f"no reference call for {name!r}")
 
 
@@ -218,7 +225,8 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", type=Path, default=ROOT / "results" / "methods")
     p.add_argument("--append", action="store_true", help="append rows to an existing CSV instead of replacing it")
     p.add_argument("--reference", nargs="+", default=[], metavar="METHOD=PATH",
-                   help="time the authors' code of METHOD from the clone at PATH (holitom, fastvid)")
+                   help="time the reference code of METHOD from the clone at PATH (holitom, fastvid, tango, vidcom2: "
+                        "the authors'; evs: vLLM's)")
     args = p.parse_args(argv)
     if args.smoke:
         args.frames, args.dim, args.grid, args.metric_dim = [4], 64, [4, 4], 8
@@ -284,7 +292,10 @@ def main(argv=None) -> Path:
                         times = time_ms(call, device, args.warmup, args.repeats)
                         ref = {}
                         if ref_call is not None:
-                            ref_times = time_ms(ref_call, device, args.warmup, args.repeats)
+                            timed = ref_call
+                            if name == "vidcom2":  # time the authors' entry point alone, not the index check
+                                timed = lambda: refs[name](x, budget, check=False)  # noqa: E731
+                            ref_times = time_ms(timed, device, args.warmup, args.repeats)
                             ref_ms = statistics.median(ref_times)
                             fresh = reference_call(name, refs[name], method, x, attn, glob, budget, timestamps)
                             ref_idx = fresh()["indices"].to(sel.indices.device)  # on unmodified inputs
@@ -307,7 +318,7 @@ def main(argv=None) -> Path:
                         print(f"{device:5s} {dtype_name:8s} {frames:4d}f {name:10s} b={budget:<5g} "
                               f"median {row['median_ms']:9.3f} ms  p90 {row['p90_ms']:9.3f} ms  "
                               f"tokens {row['tokens_in']} -> {row['tokens_out']}"
-                              + (f"  authors' code {ref['reference_ms']:9.3f} ms ({ref['speedup_vs_reference']}x, same "
+                              + (f"  reference code {ref['reference_ms']:9.3f} ms ({ref['speedup_vs_reference']}x, same "
                                  f"indices: {ref['matches_reference']})" if ref else ""), flush=True)
                 del x, attn, timestamps, metric, glob
         args.out_dir.mkdir(parents=True, exist_ok=True)
