@@ -16,7 +16,7 @@ quadratically, in frames). Methods on the ``pooling_head`` source (Tango, FastVI
 feature ``[frames, 1152]`` (the SigLIP head's output), the others the keys above.
 
 ``--reference holitom=/path/to/HoliTom fastvid=/path/to/FastVID tango=/path/to/Tango vidcom2=/path/to/VidCom2
-evs=/path/to/vllm`` also times the reference implementation of those methods (the authors'; vLLM's for EVS), loaded
+flashvid=/path/to/FlashVID evs=/path/to/vllm`` also times the reference implementation of those methods (the authors'; vLLM's for EVS), loaded
 from a local clone at its pinned commit by ``scripts/upstream.py`` (never committed), on the same inputs:
 ``reference_ms``, ``speedup_vs_reference`` (reference / harness median) and ``matches_reference`` (the same kept
 indices in the same order; for Tango the same kept set: its reference returns sorted indices).
@@ -194,6 +194,9 @@ def reference_call(name: str, run, method, x, attn, glob, budget: float, ts=None
         return call
     if name == "fastvid":
         return lambda: run(x, attn, glob, budget, c=method.segments, tau=method.tau, seed=method.seed)
+    if name == "flashvid":
+        return lambda: run(x, attn, budget, seed=method.seed, token_selection_method=method.selection,
+                           expansion=method.expansion, alpha=method.alpha, min_segment_num=method.min_segment_num)
     if name == "evs":  # vLLM's function, with its pruning rate
         return lambda: run(x, method.pruning_rate(budget))
     if name == "vidcom2":
@@ -225,8 +228,8 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", type=Path, default=ROOT / "results" / "methods")
     p.add_argument("--append", action="store_true", help="append rows to an existing CSV instead of replacing it")
     p.add_argument("--reference", nargs="+", default=[], metavar="METHOD=PATH",
-                   help="time the reference code of METHOD from the clone at PATH (holitom, fastvid, tango, vidcom2: "
-                        "the authors'; evs: vLLM's)")
+                   help="time the reference code of METHOD from the clone at PATH (holitom, fastvid, tango, vidcom2, "
+                        "flashvid: the authors'; evs: vLLM's)")
     args = p.parse_args(argv)
     if args.smoke:
         args.frames, args.dim, args.grid, args.metric_dim = [4], 64, [4, 4], 8

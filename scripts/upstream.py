@@ -10,6 +10,7 @@ callables on the harness's inputs: for the parity fixture generators (``tests/fi
     run = load("evs", "/path/to/vllm")          # run(x [N, L, D], q) -> vLLM's EVS retention mask as indices
     run = load("vidcom2", "/path/to/VidCom2")   # run(x [N, L, D], r) -> the authors' kept indices and rows
     run = load("vidcom2_vllm", "/path/to/vllm") # run(x [N, L, D], q) -> vLLM's VidCom2 retention mask as indices
+    run = load("flashvid", "/path/to/FlashVID") # run(x, attn, budget, seed=..., **FlashVidConfig fields)
 
 Each callable returns ``{"tokens": [M, D], "indices": [M] flat frame * L + l}`` in the method's LLM order (plus
 HoliTom's ``windows``, ``total_reduced`` and ``ratio``). The glue each needs (HoliTom's driver lines of
@@ -34,12 +35,15 @@ COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0",
            "dycoke": "dd7463498203479d0ff6f2d29c4e72928c0af244", "tango": "cc815b6e6762f6cf54ae20fafefd4d5bc02f2aef",
            "evs": "d750efb17f402de810f88283c64f4ec0f7cb6c93",
            "vidcom2": "944a17d14f4848ad080a65eab2b0711a760fa154",
-           "vidcom2_vllm": "0f17ee061e413bf8ab7927f926f69cdff24dc63e"}
+           "vidcom2_vllm": "0f17ee061e413bf8ab7927f926f69cdff24dc63e",
+           "flashvid": "1d37422c5afcaa15ee46b5355f5ba798fa93290a"}
 FILES = {"holitom": "holitom/llava_arch.py", "holitom_inner": "holitom/modeling_qwen2.py",
          "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
          "dycoke": "llava/model/llava_arch.py",
          "tango": "tango/pruner.py", "evs": "vllm/multimodal/video_prune/evs.py",
-         "vidcom2": "token_compressor/vidcom2/vidcom2.py", "vidcom2_vllm": "vllm/multimodal/video_prune/vidcom2.py"}
+         "vidcom2": "token_compressor/vidcom2/vidcom2.py", "vidcom2_vllm": "vllm/multimodal/video_prune/vidcom2.py",
+         "flashvid": "flashvid/utils.py"}
+FLASHVID_MODULES = ("flashvid/configuration_flashvid.py", "flashvid/token_selection.py", "flashvid/utils.py")
 TANGO_MODULES = ("tango/utils.py", "tango/prune_config.py", "tango/pruner.py", "llava/model/st_rope.py")
 
 
@@ -255,9 +259,35 @@ def load_vidcom2_vllm(repo):
     return run
 
 
+def load_flashvid(repo):
+    """FlashVID's ``flashvid_compression`` with its ``token_selection`` and ``configuration_flashvid``, executed as a
+    package ``flashvid_upstream``: ``run(x [N, L, D], attn [N, L], budget, seed=0, **config)`` ->
+    ``{"tokens": [M, D], "indices": [M]}`` (its output, sorted by flat index). ``torch.manual_seed(seed)`` first (its
+    DPC noise comes from the global RNG); ``x`` is cloned (upstream writes into it)."""
+    pkg = types.ModuleType("flashvid_upstream")
+    pkg.__path__ = []
+    sys.modules["flashvid_upstream"] = pkg
+    mods = {}
+    for file in FLASHVID_MODULES:
+        name = "flashvid_upstream." + Path(file).stem
+        mod = types.ModuleType(name)
+        mod.__package__ = "flashvid_upstream"
+        sys.modules[name] = mod
+        exec(compile(source("flashvid", repo, file), file, "exec"), mod.__dict__)
+        mods[Path(file).stem] = mod
+
+    def run(x, attn, budget: float, seed: int = 0, **config) -> dict:
+        torch.manual_seed(seed)
+        cfg = mods["configuration_flashvid"].FlashVidConfig(retention_ratio=budget, **config)
+        tokens, idx = mods["utils"].flashvid_compression(x.clone(), attn, cfg)
+        return {"tokens": tokens, "indices": idx}
+
+    return run
+
+
 LOADERS = {"holitom": load_holitom, "tango": load_tango, "holitom_inner": load_holitom_inner, "fastvid": load_fastvid,
            "dycoke": load_dycoke, "evs": load_evs,
-           "vidcom2": load_vidcom2, "vidcom2_vllm": load_vidcom2_vllm}
+           "vidcom2": load_vidcom2, "vidcom2_vllm": load_vidcom2_vllm, "flashvid": load_flashvid}
 
 
 def rounded(t: torch.Tensor) -> list:

@@ -336,8 +336,8 @@ def evaluate_with_adapter(pretrained: str | Path, task_dir: str | Path, method: 
 
 
 # ---------------------------------------------------------------------------------------------- pruning sweep
-SWEEP_METHODS = ("tango", "fastv", "visionzip", "dycoke", "holitom", "fastvid", "vidcom2", "evs", "random",
-                 "uniform_pool")
+SWEEP_METHODS = ("tango", "fastv", "visionzip", "dycoke", "holitom", "fastvid", "flashvid", "vidcom2", "evs",
+                 "random", "uniform_pool")
 SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 

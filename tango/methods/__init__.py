@@ -9,6 +9,7 @@ from tango.methods.dycoke import DyCoke
 from tango.methods.evs import EVS
 from tango.methods.fastv import FastV
 from tango.methods.fastvid import FastVID
+from tango.methods.flashvid import FlashVID
 from tango.methods.holitom import HoliTom
 from tango.methods.tango import Tango
 from tango.methods.vidcom2 import VidCom2
@@ -26,6 +27,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     "fastvid": FastVID,
     "evs": EVS,
     "vidcom2": VidCom2,
+    "flashvid": FlashVID,
     "random": RandomDrop,
     "uniform_pool": UniformPool,
 }

@@ -84,6 +84,7 @@ def dpc_knn(
     noise: float = 1e-6,
     dist: Tensor | None = None,
     max_block: int | None = None,
+    include_self: bool = False,
 ) -> Tensor:
     """Pick ``n_clusters`` density-peak centres in each of B point sets.
 
@@ -91,6 +92,8 @@ def dpc_knn(
         x: ``[B, M, D]`` points (Tango: ST-RoPE'd unit-norm features); may be None when ``dist`` is given.
         n_clusters: C, number of centres per set, ``1 <= C <= M``.
         k: neighbours in the density estimate (the point itself excluded); 0 = constant density.
+        include_self: the k nearest include the point itself at distance 0 (FlashVID's variant: ``k = 1`` gives a
+            constant density); not with the blocked path.
         generator: source of the tie-breaking noise (CPU generator; None uses the global RNG).
         noise: amplitude of the uniform noise added to the density.
         dist: optional precomputed ``[B, M, M]`` distance matrix of ``x``; read, never written.
@@ -105,10 +108,14 @@ def dpc_knn(
         raise ValueError(f"n_clusters={n_clusters} must be in [1, {m}] (number of points)")
     max_block = MAX_BLOCK if max_block is None else max_block
     if dist is None and b * m * m > max_block:
+        if include_self:
+            raise ValueError(f"dpc_knn(include_self=True) has no blocked path: pass dist or keep B*M*M <= {max_block}")
         return _dpc_knn_blocked(x, n_clusters, k, generator, noise, max_block)
     d = pairwise_dist(x) if dist is None else dist
     if k == 0:  # no neighbours: a constant density, the centres decided by delta and the noise (HoliTom's c = 1)
         rho = torch.ones(b, m, dtype=d.dtype, device=d.device)
+    elif include_self:  # the k smallest, the point itself (distance 0) among them
+        rho = (-(d.topk(min(k, m), dim=-1, largest=False).values ** 2).mean(dim=-1)).exp()
     else:
         # k+1 smallest includes the point itself at distance 0.
         knn = d.topk(min(k + 1, m), dim=-1, largest=False).values[..., 1:]

@@ -1,5 +1,7 @@
 """Every model family x every method on the tiny models: identity at budget 1, exact LLM sequence lengths."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -70,7 +72,8 @@ def test_budget_one_is_the_identity(adapters, clip, family, name):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("name", ["tango", "visionzip", "dycoke", "holitom", "fastvid"])
+@pytest.mark.parametrize("name", ["tango", "visionzip", "dycoke", "holitom", "fastvid", "flashvid", "vidcom2", "evs",
+                                  "random", "uniform_pool"])
 def test_pruned_prompt_length_is_the_realized_budget(adapters, clip, family, name):
     if METHODS[name].families and family not in METHODS[name].families:
         pytest.skip(f"{name} does not support {family} (tested by test_budget_one_is_the_identity)")
@@ -115,6 +118,24 @@ def test_holitom_inner_merge_halves_the_span_at_layer_k(adapters, clip, family):
     if family == "llava_ov":
         assert after == round(out * 0.5)
     else:  # the span's newlines are prunable too, so at most that many visual tokens remain
+        assert 0 < after <= out
+    assert gen.stats["tokens_layer_avg"] == (4 * out + (n_layers - 4) * after) / n_layers
+
+
+@pytest.mark.parametrize("family", ["llava_ov", "llava_video"])
+def test_flashvid_inner_stage_keeps_ceil_of_its_share_from_layer_k(adapters, clip, family):
+    """FlashVID's in-LLM stage (fastv_prune): from layer K on, ceil(0.3 n) of the n prunable span positions remain
+    (LLaVA-OV: the visual tokens; LLaVA-Video: its span, newlines included)."""
+    adapter = adapters[family]
+    m = OmegaConf.to_object(compose([f"model={FAMILIES[family]}", "method=flashvid", "budget=0.3",
+                                     "method.inner_llm=true", "method.pruning_layer=4"]).method)
+    assert m.stage == "both"
+    gen = adapter.generate(adapter.prepare(clip, "q"), clip, m, 0.3, max_new_tokens=2)
+    n_layers = adapter.model.config.text_config.num_hidden_layers
+    out, after = gen.stats["tokens_out"], gen.stats["tokens_after_layer"]
+    if family == "llava_ov":
+        assert after == math.ceil(out * 0.3)  # upstream's float expression
+    else:
         assert 0 < after <= out
     assert gen.stats["tokens_layer_avg"] == (4 * out + (n_layers - 4) * after) / n_layers
 
