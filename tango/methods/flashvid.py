@@ -4,10 +4,12 @@ spatio-temporal token merging (TSTM), then FastV-style pruning inside the LLM.
 Reproduced: ``flashvid/utils.py`` (``flashvid_compression``, ``segment``, ``additional_segment``,
 ``segment_compression``, ``spatiotemporal_compression``, ``dpc_knn``, ``fastv_prune``) and
 ``flashvid/token_selection.py`` of github.com/Fanziyang-v/FlashVID at commit
-``1d37422c5afcaa15ee46b5355f5ba798fa93290a``; LLaVA-OV / LLaVA-Video settings of ``scripts/llava_{ov,vid}.sh``.
+``1d37422c5afcaa15ee46b5355f5ba798fa93290a``; settings of ``scripts/{llava_ov,llava_vid,qwen2_5_vl}.sh``.
 
-On ``x [N, L, D]`` with ``attn [N, L]`` (attention each patch receives in the last SigLIP layer, pooled like ``x``:
-the harness's ``last_layer`` source), budget r:
+On ``x [N, L, D]`` with ``attn [N, L]`` (the harness's ``last_layer`` source, as upstream: LLaVA, the attention each
+patch receives in the last SigLIP layer, pooled like ``x``; Qwen2.5-VL, the attention each patch receives within its
+temporal patch in the last vision block, mean over heads and queries, averaged over each 2x2 merge unit), budget r
+(Qwen: N temporal grids of two frames each):
 
 1. budgets per frame in Python floats, in upstream's order: ``B = ceil(L r expansion)``, ``A = ceil(B alpha)`` ADTS
    tokens, ``S = B - A`` merged tokens;
@@ -46,7 +48,11 @@ Intentional deviations:
 - The in-LLM stage needs the decoder layers to exist: ``pruning_layer`` must be below the model's layer count.
 - LLaVA-Video: the authors' script uses ``mm_newline_position=frame`` (a newline after each frame's kept tokens,
   inside the in-LLM span); the harness's LLaVA-Video adapter lays out newlines by its own convention for every
-  pre-LLM method. Qwen2.5-VL / Qwen3-VL need FlashVID's own vision-attention signal, not built: a clear error.
+  pre-LLM method.
+- Qwen2.5-VL: the vision attention is computed in fp32 (upstream: the model dtype) by the adapter's hook, not by a
+  patched FlashAttention-2 block; the Qwen script's settings (``selection="attn_div"``, ``min_segment_num=4``) are
+  in ``configs/model_method/{,tiny_}qwen2_5_vl_flashvid.yaml``. Kept tokens keep their original M-RoPE positions,
+  as upstream gathers them.
 """
 
 from __future__ import annotations
@@ -196,7 +202,7 @@ class FlashVID(PruningMethod):
     color = "#882255"
     needs_attention = True
     attention_source = "last_layer"
-    families = ("llava_ov", "llava_video")
+    families = ("llava_ov", "llava_video", "qwen2_5_vl")
 
     def __post_init__(self) -> None:
         checks = [(self.selection in SELECTIONS, "selection", list(SELECTIONS)),
