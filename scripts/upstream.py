@@ -36,13 +36,15 @@ COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0",
            "evs": "d750efb17f402de810f88283c64f4ec0f7cb6c93",
            "vidcom2": "944a17d14f4848ad080a65eab2b0711a760fa154",
            "vidcom2_vllm": "0f17ee061e413bf8ab7927f926f69cdff24dc63e",
-           "flashvid": "1d37422c5afcaa15ee46b5355f5ba798fa93290a"}
+           "flashvid": "1d37422c5afcaa15ee46b5355f5ba798fa93290a",
+           "fastvid_video": "a40a109cb8df20e8c2c17c6850f8269717369990"}
 FILES = {"holitom": "holitom/llava_arch.py", "holitom_inner": "holitom/modeling_qwen2.py",
          "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
          "dycoke": "llava/model/llava_arch.py",
          "tango": "tango/pruner.py", "evs": "vllm/multimodal/video_prune/evs.py",
          "vidcom2": "token_compressor/vidcom2/vidcom2.py", "vidcom2_vllm": "vllm/multimodal/video_prune/vidcom2.py",
-         "flashvid": "flashvid/utils.py"}
+         "flashvid": "flashvid/utils.py",
+         "fastvid_video": "fastvid_llavavideo/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py"}
 FLASHVID_MODULES = ("flashvid/configuration_flashvid.py", "flashvid/token_selection.py", "flashvid/utils.py")
 TANGO_MODULES = ("tango/utils.py", "tango/prune_config.py", "tango/pruner.py", "llava/model/st_rope.py")
 
@@ -133,6 +135,42 @@ def load_fastvid(repo):
         if keep[~vis].tolist() != [*range(p0), *range(p0 + n * l, s)]:
             raise AssertionError("FastVID changed the text around the video")
         return {"tokens": out[vis], "indices": keep[vis] - p0}
+
+    return run
+
+
+def load_fastvid_video(repo):
+    """The LLaVA-Video fork's FastVID block of ``Qwen2Model.forward`` (from ``if seq_length > 1: ### FastVID`` to the
+    decoder loop), executed as is on a LLaVA-Video grid span (64 frames x 13 rows of 13 tokens + a newline, as the
+    fork hard-codes): ``run(x [64, 169, D], attn [64, 169], glob [64, Dg], budget, seed=0)`` ->
+    ``{"tokens": [M, D], "indices": [M]}`` for the kept video tokens (flat ``frame * 169 + l``), newlines left out."""
+    lines = source("fastvid_video", repo).splitlines()
+    start = next(i for i, ln in enumerate(lines) if "if seq_length > 1: ### FastVID" in ln)
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "for decoder_layer in self.layers:")
+    code = compile(textwrap.dedent("\n".join(lines[start + 1:end])), FILES["fastvid_video"], "exec")
+
+    def run(x, attn, glob, budget: float, c: int = 8, tau: float = 0.9, seed: int = 0) -> dict:
+        n, l, d = x.shape
+        if (n, l) != (64, 169):
+            raise ValueError("the LLaVA-Video fork hard-codes 64 frames of 13 x 13 tokens")
+        newline = torch.full((n, 13, 1, d), 7.0)  # a distinct row-end token
+        span = torch.cat([x.reshape(n, 13, 13, d), newline], dim=2).reshape(1, n * 182, d)
+        p0 = 2
+        hidden = torch.cat([torch.zeros(1, p0, d), span, torch.zeros(1, 3, d)], dim=1)
+        s = hidden.shape[1]
+        me = types.SimpleNamespace(video_start_idx=p0, video_token_len=n * 182, frame_num=n,
+                                   frame_attn_weights=attn.flatten(), frame_global_features=glob, fastvid_DySeg_c=c,
+                                   fastvid_DySeg_tau=tau, fastvid_STPrune_d=0.4, fastvid_DTM_p=4,
+                                   fastvid_DTM_beta=0.6, fastvid_retention_ratio=budget)
+        ns = {"self": me, "hidden_states": hidden, "seq_length": s, "causal_mask": None, "torch": torch, "F": F,
+              "position_embeddings": (hidden.new_zeros(1, s, 1), hidden.new_zeros(1, s, 1))}
+        torch.manual_seed(seed)  # the density noise comes from the global RNG
+        exec(code, ns)
+        keep, out = ns["keep_indexs"], ns["hidden_states"][0]
+        rel = keep - p0
+        video = (rel >= 0) & (rel < n * 182) & ((rel + 1) % 14 != 0)  # video tokens, not newlines or text
+        pure = (rel[video] // 14) * 13 + rel[video] % 14
+        return {"tokens": out[video], "indices": pure}
 
     return run
 
@@ -287,7 +325,8 @@ def load_flashvid(repo):
 
 LOADERS = {"holitom": load_holitom, "tango": load_tango, "holitom_inner": load_holitom_inner, "fastvid": load_fastvid,
            "dycoke": load_dycoke, "evs": load_evs,
-           "vidcom2": load_vidcom2, "vidcom2_vllm": load_vidcom2_vllm, "flashvid": load_flashvid}
+           "vidcom2": load_vidcom2, "vidcom2_vllm": load_vidcom2_vllm, "flashvid": load_flashvid,
+           "fastvid_video": load_fastvid_video}
 
 
 def rounded(t: torch.Tensor) -> list:

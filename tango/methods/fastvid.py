@@ -1,4 +1,5 @@
-"""FastVID: dynamic density pruning for fast video LLMs (NeurIPS'25), LLaVA-OneVision's parallel implementation.
+"""FastVID: dynamic density pruning for fast video LLMs (NeurIPS'25): LLaVA-OneVision's parallel implementation and
+the LLaVA-Video fork.
 
 Reproduced: ``LunarShen/FastVID@a40a109cb8df20e8c2c17c6850f8269717369990``,
 ``fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py::Qwen2Model.forward`` (the block
@@ -34,9 +35,18 @@ Intentional deviations:
 - Positions: upstream prunes inside ``Qwen2Model.forward`` and keeps the kept tokens' **original** position ids
   (text after the video keeps its positions, leaving a gap); here, as for every pre-LLM method on LLaVA, the LLM
   sees the kept tokens with contiguous positions. The token set and features are the reference's.
-- Only the LLaVA-OV fork's algorithm: the LLaVA-Video fork (64 frames hard-coded, per-segment budget, grid
-  newlines) and the Qwen2.5-VL fork (sub-segment split, at-least-one context) differ (spec §2.5-2.6) and are refused
-  with a clear error until they are built (``families``).
+- ``fork="video"`` (``configs/model_method/{,tiny_}llava_video_fastvid.yaml``) runs the LLaVA-Video fork's
+  block (``fastvid_llavavideo/.../modeling_qwen2.py``, parity-tested in ``tests/fixtures/fastvid/video.json``): per
+  segment of n frames ``R n`` tokens (``R = int(L r)``), ``int(R n d)`` of them anchors spread over ``ceil(n / p)``
+  anchor frames (``i % p == 0``, reversed: the last frame is one), the salient rest spread evenly over the frames
+  (top attention); per anchor frame the density (4 nearest including the point, ``cdist / sqrt(D)``, one noise draw
+  per anchor frame in frame order) on its non-salient tokens picks its anchors, and its merge pool is every token
+  of the segment except the segment's salient tokens and this frame's anchors (``w = max(1 / (n + 1), beta)``,
+  members' mean). Exactly ``N R`` tokens. The fork hard-codes 64 frames of 13 x 13 tokens; here any N and L. Its
+  row newlines (kept iff the row keeps a token) are the LLaVA-Video adapter's, which follows the same rule. The
+  per-anchor-frame steps loop over anchor frames (each draws its own noise, as upstream).
+- The Qwen2.5-VL fork (sub-segment split, at-least-one context, spec §2.6) differs and is refused with a clear
+  error until it is built (``families``).
 - Fewer frames than ``c`` (upstream: ``topk`` raises): every transition is cut (the shared segmentation's guard).
 - Tie-breaking noise from a ``torch.Generator`` seeded with ``seed`` (upstream: the global RNG), drawn once with the
   reference's shape, so a run is deterministic.
@@ -63,6 +73,7 @@ from tango.methods.dpc import dpc_knn
 from tango.methods.tango_ops import fastvid_segments
 
 K_DENSITY = 4  # FastVID's neighbourhood, hard-coded upstream, the point itself included
+FORKS = ("ov", "video")
 
 
 def anchor_schedule(sizes: list[int], context: int, p: int) -> list[int]:
@@ -102,6 +113,24 @@ def merge_into_anchors(pool: Tensor, anchors: Tensor, beta: float) -> Tensor:
     return w * anchors + (1 - w) * mean
 
 
+def spread(total: int, slots: int) -> list[int]:
+    """``total`` over ``slots`` as evenly as possible, the first ``total % slots`` one more (the Video fork's rule)."""
+    return [total // slots + (1 if i < total % slots else 0) for i in range(slots)]
+
+
+def video_schedule(n: int, per_frame: int, context_ratio: float, p: int) -> tuple[list[int], list[int]]:
+    """The LLaVA-Video fork's ``(salient, context)`` per frame of an n-frame segment: ``R n`` tokens, ``int(R n d)``
+    of them anchors over ``ceil(n / p)`` slots on frames ``i % p == 0``, the list then reversed (the last frame is an
+    anchor frame)."""
+    seg = per_frame * n
+    context = int(seg * context_ratio)
+    if n == 1:
+        return [seg - context], [context]
+    slots = iter(spread(context, (n + p - 1) // p))
+    ctx = [next(slots) if i % p == 0 else 0 for i in range(n)]
+    return spread(seg - context, n), ctx[::-1]
+
+
 @dataclass
 class FastVID(PruningMethod):
     """FastVID (LLaVA-OV parallel implementation): DySeg + salient top-k + density anchors with temporal merging."""
@@ -120,12 +149,14 @@ class FastVID(PruningMethod):
     #: seed of the density tie-breaking noise.
     seed: int = 0
     dpc_noise: float = 1e-6
+    #: which fork's algorithm: "ov" (LLaVA-OV, parallel) or "video" (LLaVA-Video, per segment; module doc).
+    fork: str = "ov"
 
     needs_attention = True
     attention_source = "pooling_head"
     display_name = "FastVID"
     color = "#F0E442"  # Okabe-Ito yellow
-    families = ("llava_ov",)  # the LLaVA-Video and Qwen2.5-VL forks run other algorithms (module doc)
+    families = ("llava_ov", "llava_video")  # the Qwen2.5-VL fork runs another algorithm (module doc)
 
     def __post_init__(self) -> None:
         if self.segments < 1:
@@ -136,6 +167,8 @@ class FastVID(PruningMethod):
             raise ValueError(f"anchor_stride={self.anchor_stride!r} must be >= 1")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta={self.beta!r} must be in [0, 1]")
+        if self.fork not in FORKS:
+            raise ValueError(f"fastvid: fork={self.fork!r} is invalid; valid: {list(FORKS)}")
 
     def split(self, tokens_per_frame: int, budget: float) -> tuple[int, int]:
         """``(salient, context)`` per frame: ``R = int(L r)``, ``context = int(R d)``, ``salient = R - context``."""
@@ -155,6 +188,8 @@ class FastVID(PruningMethod):
         if metric is None or metric.dim() != 2 or metric.shape[0] != n:
             raise ValueError(f"fastvid needs metric [N, Dg] with N={n}: the frame-global feature (the SigLIP pooling "
                              f"head's output), got {None if metric is None else tuple(metric.shape)}")
+        if self.fork == "video":
+            return self._prune_video(x, attn, metric, budget)
         salient, context = self.split(l, budget)
         if salient < 1 or (context > 0 and l - salient < context):
             raise ValueError(f"budget={budget} gives salient={salient}, context={context} of L={l} tokens per frame")
@@ -205,3 +240,54 @@ class FastVID(PruningMethod):
                  "salient_per_frame": salient, "context_per_frame": context,
                  "budget_rule": f"int(L*r)={salient + context} per frame"}
         return Selection(tokens=out, indices=idx[order], stats=stats)
+
+    def _prune_video(self, x: Tensor, attn: Tensor, metric: Tensor, budget: float) -> Selection:
+        """The LLaVA-Video fork (module doc): per-segment budget, per-anchor-frame density and merge pool."""
+        n, l, d = x.shape
+        per_frame = int(l * budget)
+        if per_frame < 1:
+            raise ValueError(f"budget={budget} gives int(L*r)={per_frame} tokens per frame of L={l}")
+        g = metric / metric.norm(dim=1, keepdim=True)  # in the feature dtype, as this fork
+        sizes = fastvid_segments((g[:-1] * g[1:]).sum(dim=1), self.segments - 1, self.tau) if n > 1 else [1]
+        gen = torch.Generator().manual_seed(self.seed)
+        out_idx, out_tok = [], []
+        start = 0
+        for size in sizes:  # each segment has its own budget split, anchor frames and merge pools
+            xs, a_s = x[start:start + size], attn[start:start + size]
+            flat = xs.reshape(size * l, d)
+            sal_n, ctx_n = video_schedule(size, per_frame, self.context_ratio, self.anchor_stride)
+            # salient: each frame's top sal_n[f] (top-k at the segment's largest count, trimmed per frame)
+            top = a_s.topk(max(sal_n), dim=1).indices
+            take = torch.arange(top.shape[1], device=x.device)[None] < torch.tensor(sal_n, device=x.device)[:, None]
+            is_sal = torch.zeros(size, l, dtype=torch.bool, device=x.device)
+            is_sal[torch.arange(size, device=x.device)[:, None].expand_as(top)[take], top[take]] = True
+            sal_flat = torch.cat([f * l + top[f, :k] for f, k in enumerate(sal_n) if k > 0])
+            unit = flat / flat.norm(dim=-1, keepdim=True)
+            seg_idx, seg_tok = [sal_flat], [flat[sal_flat]]
+            for f in (i for i, k in enumerate(ctx_n) if k > 0):  # anchor frames: one noise draw each, in order
+                rest = (~is_sal[f]).nonzero().flatten()
+                pool = xs[f, rest].float()[None]
+                dist = torch.cdist(pool, pool) / (d ** 0.5)
+                ranked = dpc_knn(None, ctx_n[f], K_DENSITY, generator=gen, noise=self.dpc_noise, dist=dist,
+                                 include_self=True)
+                anchors = f * l + rest[ranked[0].sort().values]
+                members = torch.ones(size * l, dtype=torch.bool, device=x.device)
+                members[sal_flat] = False
+                members[anchors] = False  # other anchor frames' anchors stay in this frame's pool
+                merge = members.nonzero().flatten()
+                assign = torch.mm(unit[merge], unit[anchors].T).argmax(dim=1)
+                onehot = torch.zeros(merge.numel(), anchors.numel(), dtype=x.dtype, device=x.device)
+                onehot.scatter_(1, assign[:, None], 1)
+                w = (1 / (onehot.sum(dim=0).unsqueeze(-1) + 1)).clamp(min=self.beta)
+                mean = torch.mm(onehot.T, flat[merge]) / onehot.sum(dim=0).clamp(min=1).unsqueeze(-1)
+                seg_idx.append(anchors)
+                seg_tok.append(w * flat[anchors] + (1 - w) * mean)
+            out_idx.append(torch.cat(seg_idx) + start * l)
+            out_tok.append(torch.cat(seg_tok))
+            start += size
+        idx = torch.cat(out_idx)
+        order = idx.argsort()
+        return Selection(tokens=torch.cat(out_tok)[order].to(x.dtype), indices=idx[order],
+                         stats={"tokens_in": n * l, "tokens_out": int(idx.numel()), "segments": len(sizes),
+                                "budget_rule": f"int(L*r)={per_frame} per frame, summed per segment (LLaVA-Video "
+                                               f"fork)"})

@@ -82,3 +82,47 @@ def test_salient_tokens_are_copies_and_bad_inputs_are_named():
         FastVID().prune(v["x"], budget=0.25, attn=v["attn"])
     with pytest.raises(ValueError, match="context_ratio=1.5"):
         FastVID(context_ratio=1.5)
+
+
+# --- the LLaVA-Video fork (fork="video") --------------------------------------------------------------------------
+VIDEO_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fastvid" / "video.json"
+# (id, seed, budget, shots, store_tokens): 64 frames x 13 x 13 tokens, as the fork hard-codes
+VIDEO_CASES = [("shots_10pct", 0, 0.1, 10, True), ("shots_25pct", 1, 0.25, 11, False),
+               ("long_shots_15pct", 2, 0.15, 4, False)]
+
+
+def video_fork_input(seed: int, shots: int, d: int = 6):
+    """64 frames in ``shots`` shots (base + 0.5x noise), per-frame normalised attention, frame-global features
+    following the shots (so DySeg cuts at shot changes besides its c - 1 forced cuts)."""
+    g = torch.Generator().manual_seed(seed)
+    shot = torch.arange(64) * shots // 64
+    x = torch.randn(shots, 169, d, generator=g)[shot] + 0.5 * torch.randn(64, 169, d, generator=g)
+    attn = torch.rand(64, 169, generator=g)
+    glob = torch.randn(shots, 12, generator=g)[shot] + 0.2 * torch.randn(64, 12, generator=g)
+    return x, attn / attn.sum(1, keepdim=True), glob
+
+
+def test_video_fork_matches_its_block():
+    """Kept indices equal the LLaVA-Video fork's block (run unmodified by tests/fixtures/fastvid/make_video.py on
+    the grid span with newlines, seed 0); features to 1e-5 where stored."""
+    fixture = json.loads(VIDEO_FIXTURE.read_text())
+    assert [c["id"] for c in fixture["cases"]] == [c[0] for c in VIDEO_CASES]
+    for (name, seed, budget, shots, _), ref in zip(VIDEO_CASES, fixture["cases"]):
+        x, attn, glob = video_fork_input(seed, shots)
+        sel = FastVID(fork="video").prune(x, budget=budget, attn=attn, metric=glob)
+        assert sel.indices.tolist() == ref["indices"], name
+        assert sel.stats["tokens_out"] == 64 * int(169 * budget)  # the fork's exact per-segment total
+        if "tokens" in ref:
+            torch.testing.assert_close(sel.tokens, torch.tensor(ref["tokens"]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 9])
+def test_video_fork_schedule_spends_the_segment_budget(n):
+    from tango.methods.fastvid import video_schedule
+
+    sal, ctx = video_schedule(n, 16, 0.4, 4)
+    assert sum(sal) + sum(ctx) == 16 * n and sum(ctx) == int(16 * n * 0.4)
+    assert max(sal) - min(sal) <= 1 and (n == 1 or ctx[-1] > 0)  # the last frame is an anchor frame
+    assert [i for i, c in enumerate(ctx) if c] == [n - 1 - 4 * j for j in range((n + 3) // 4)][::-1]
+    with pytest.raises(ValueError, match=r"fork='qwen'.*'ov', 'video'"):
+        FastVID(fork="qwen")

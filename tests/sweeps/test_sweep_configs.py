@@ -47,7 +47,7 @@ def test_command_line_values_replace_a_declared_axis(results):
 
 # experiment -> (combinations `run.py -m` launches, distinct cells). Table 1 in full is 576 combinations and 540 cells;
 # one model x one task keeps this test fast. `none` ignores the budget, so it is one cell per (model, task, seed).
-EXPECTED = {"main": (48, 45), "frames": (20, 20), "ablation_components": (8, 8), "ablation_alpha": (5, 5),
+EXPECTED = {"main": (48, 45), "frames": (48, 48), "ablation_components": (8, 8), "ablation_alpha": (5, 5),
             "ablation_context_ratio": (10, 10), "ablation_bases": (9, 9), "smoke": (4, 3)}
 
 
