@@ -37,14 +37,16 @@ COMMITS = {"holitom": "e9b2972f6895c9e7d7fe74eb8c3a2ecaab8056e0",
            "vidcom2": "944a17d14f4848ad080a65eab2b0711a760fa154",
            "vidcom2_vllm": "0f17ee061e413bf8ab7927f926f69cdff24dc63e",
            "flashvid": "1d37422c5afcaa15ee46b5355f5ba798fa93290a",
-           "fastvid_video": "a40a109cb8df20e8c2c17c6850f8269717369990"}
+           "fastvid_video": "a40a109cb8df20e8c2c17c6850f8269717369990",
+           "fastvid_qwen": "a40a109cb8df20e8c2c17c6850f8269717369990"}
 FILES = {"holitom": "holitom/llava_arch.py", "holitom_inner": "holitom/modeling_qwen2.py",
          "fastvid": "fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
          "dycoke": "llava/model/llava_arch.py",
          "tango": "tango/pruner.py", "evs": "vllm/multimodal/video_prune/evs.py",
          "vidcom2": "token_compressor/vidcom2/vidcom2.py", "vidcom2_vllm": "vllm/multimodal/video_prune/vidcom2.py",
          "flashvid": "flashvid/utils.py",
-         "fastvid_video": "fastvid_llavavideo/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py"}
+         "fastvid_video": "fastvid_llavavideo/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py",
+         "fastvid_qwen": "fastvid_qwen25vl/lmms-eval/lmms_eval/models/qwenvlutils/modeling_qwen2_5_vl.py"}
 FLASHVID_MODULES = ("flashvid/configuration_flashvid.py", "flashvid/token_selection.py", "flashvid/utils.py")
 TANGO_MODULES = ("tango/utils.py", "tango/prune_config.py", "tango/pruner.py", "llava/model/st_rope.py")
 
@@ -171,6 +173,41 @@ def load_fastvid_video(repo):
         video = (rel >= 0) & (rel < n * 182) & ((rel + 1) % 14 != 0)  # video tokens, not newlines or text
         pure = (rel[video] // 14) * 13 + rel[video] % 14
         return {"tokens": out[video], "indices": pure}
+
+    return run
+
+
+def load_fastvid_qwen(repo):
+    """The Qwen2.5-VL fork's FastVID block of ``Qwen2_5_VLForConditionalGeneration.forward`` (from ``if seq_length >
+    1:`` after the position ids to the language-model call), executed as is: ``run(x [T, L, D], attn [T, L],
+    glob [T, Dg], budget, grid=(h, w), tau=0.84, ignore=0.95, seed=0)`` -> ``{"tokens", "indices"}`` (kept flat
+    ``t * L + l``), ``L = h * w`` merged tokens per temporal patch."""
+    lines = source("fastvid_qwen", repo).splitlines()
+    start = next(i for i in range(1, len(lines)) if lines[i].strip() == "if seq_length > 1:"
+                 and "seq_length = inputs_embeds.shape[1]" in lines[i - 1])
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "outputs = self.model(")
+    code = compile(textwrap.dedent("\n".join(lines[start + 1:end])), FILES["fastvid_qwen"], "exec")
+
+    def run(x, attn, glob, budget: float, grid: tuple[int, int], c: int = 8, tau: float = 0.84, ignore: float = 0.95,
+            seed: int = 0) -> dict:
+        t, l, d = x.shape
+        p0 = 3
+        embeds = torch.cat([torch.zeros(1, p0, d), x.reshape(1, t * l, d), torch.zeros(1, 2, d)], dim=1)
+        s = embeds.shape[1]
+        me = types.SimpleNamespace(fastvid_retention_ratio=budget, fastvid_DySeg_c=c, fastvid_DySeg_tau=tau,
+                                   fastvid_DySeg_ignore=ignore, fastvid_STPrune_d=0.4, fastvid_DTM_p=4,
+                                   fastvid_DTM_beta=0.6)
+        ns = {"self": me, "inputs_embeds": embeds, "seq_length": s, "prompt_start_len": p0, "video_len": t * l,
+              "video_grid_thw": torch.tensor([[t, 2 * grid[0], 2 * grid[1]]]), "frame_attn_weights": attn,
+              "frame_global_features": glob, "position_ids": torch.arange(s).expand(3, 1, s),
+              "attention_mask": torch.ones(1, s, dtype=torch.long), "cache_position": torch.arange(s), "torch": torch}
+        torch.manual_seed(seed)  # the density noise comes from the global RNG
+        exec(code, ns)
+        keep, out = ns["keep_indexs"], ns["inputs_embeds"][0]
+        vis = (keep >= p0) & (keep < p0 + t * l)
+        if keep[~vis].tolist() != [*range(p0), *range(p0 + t * l, s)]:
+            raise AssertionError("FastVID changed the text around the video")
+        return {"tokens": out[vis], "indices": keep[vis] - p0}
 
     return run
 
@@ -326,7 +363,7 @@ def load_flashvid(repo):
 LOADERS = {"holitom": load_holitom, "tango": load_tango, "holitom_inner": load_holitom_inner, "fastvid": load_fastvid,
            "dycoke": load_dycoke, "evs": load_evs,
            "vidcom2": load_vidcom2, "vidcom2_vllm": load_vidcom2_vllm, "flashvid": load_flashvid,
-           "fastvid_video": load_fastvid_video}
+           "fastvid_video": load_fastvid_video, "fastvid_qwen": load_fastvid_qwen}
 
 
 def rounded(t: torch.Tensor) -> list:

@@ -55,8 +55,7 @@ CATALOGUE: list[BadInput] = [
     BadInput("model=tiny_qwen2_5_vl method=holitom",
              "method=holitom: supports the model families ['llava_ov', 'llava_video'], not model.family='qwen2_5_vl'"),
     BadInput("method=holitom method.beta=1.5", "beta=1.5 must be in [0, 1]"),
-    BadInput("model=tiny_llava_video method=fastvid",
-             "method=fastvid: supports the model families ['llava_ov'], not model.family='llava_video'"),
+    BadInput("method=fastvid method.fork=qwen3", "fastvid: fork='qwen3' is invalid; valid: ['ov', 'video', 'qwen']"),
     # -- task -------------------------------------------------------------------------------------------------------
     BadInput("task=synthetic task.synthetic.num_videos=0", "num_videos=0 is out of range: valid range is [1, 100000]"),
     BadInput("task=synthetic task.synthetic.size=8", "size=8 is out of range: valid range is [48, 1024]"),

@@ -1,5 +1,5 @@
-"""FastVID: dynamic density pruning for fast video LLMs (NeurIPS'25): LLaVA-OneVision's parallel implementation and
-the LLaVA-Video fork.
+"""FastVID: dynamic density pruning for fast video LLMs (NeurIPS'25): LLaVA-OneVision's parallel implementation, and
+the LLaVA-Video and Qwen2.5-VL forks.
 
 Reproduced: ``LunarShen/FastVID@a40a109cb8df20e8c2c17c6850f8269717369990``,
 ``fastvid_llavaonevision/LLaVA-NeXT/llava/model/language_model/modeling_qwen2.py::Qwen2Model.forward`` (the block
@@ -45,8 +45,14 @@ Intentional deviations:
   members' mean). Exactly ``N R`` tokens. The fork hard-codes 64 frames of 13 x 13 tokens; here any N and L. Its
   row newlines (kept iff the row keeps a token) are the LLaVA-Video adapter's, which follows the same rule. The
   per-anchor-frame steps loop over anchor frames (each draws its own noise, as upstream).
-- The Qwen2.5-VL fork (sub-segment split, at-least-one context, spec §2.6) differs and is refused with a clear
-  error until it is built (``families``).
+- ``fork="qwen"`` (``configs/model_method/{,tiny_}qwen2_5_vl_fastvid.yaml``, the script's ``tau`` 0.84) runs
+  the Qwen2.5-VL fork's block (``fastvid_qwen25vl/.../modeling_qwen2_5_vl.py``, parity-tested in
+  ``tests/fixtures/fastvid/qwen.json``) on temporal patches: as the Video fork, but with ``max(int(R n d), 1)``
+  anchors, and inside a multi-frame segment sub-segments end where the global cosine drops below
+  ``sub_segment_threshold`` (``DySeg_ignore``, 0.95); only the last frame of each sub-segment keeps tokens (anchors
+  capped at ``L // 2``, salient at the rest), so a segment without a sub-cut keeps one frame and the realised count
+  falls below ``N R`` (recorded). The global feature is the per-patch mean of ``x`` (the adapter's metric on Qwen).
+  Kept tokens keep their original M-RoPE positions, as upstream gathers them.
 - Fewer frames than ``c`` (upstream: ``topk`` raises): every transition is cut (the shared segmentation's guard).
 - Tie-breaking noise from a ``torch.Generator`` seeded with ``seed`` (upstream: the global RNG), drawn once with the
   reference's shape, so a run is deterministic.
@@ -73,7 +79,7 @@ from tango.methods.dpc import dpc_knn
 from tango.methods.tango_ops import fastvid_segments
 
 K_DENSITY = 4  # FastVID's neighbourhood, hard-coded upstream, the point itself included
-FORKS = ("ov", "video")
+FORKS = ("ov", "video", "qwen")
 
 
 def anchor_schedule(sizes: list[int], context: int, p: int) -> list[int]:
@@ -131,6 +137,27 @@ def video_schedule(n: int, per_frame: int, context_ratio: float, p: int) -> tupl
     return spread(seg - context, n), ctx[::-1]
 
 
+def qwen_schedule(n: int, per_frame: int, context_ratio: float, p: int, l: int, sub_sizes: list[int]
+                  ) -> tuple[list[int], list[int]]:
+    """The Qwen2.5-VL fork's ``(salient, context)`` per frame of an n-frame segment split into sub-segments
+    ``sub_sizes``: ``R n`` tokens, ``max(int(R n d), 1)`` anchors; salient and anchors spread over the sub-segments
+    as the Video fork spreads them over frames (anchors capped at ``L // 2``, salient at ``L - anchors``), and only
+    the last frame of each sub-segment keeps tokens."""
+    seg = per_frame * n
+    context = max(int(seg * context_ratio), 1)
+    if n == 1:
+        return [seg - context], [context]
+    v = len(sub_sizes)
+    slots = iter(spread(context, (v + p - 1) // p))
+    ctx_v = [min(next(slots), l // 2) if i % p == 0 else 0 for i in range(v)][::-1]
+    sal, ctx = [], []
+    for size, s_v, c_v in zip(sub_sizes, spread(seg - context, v), ctx_v):
+        c = min(c_v, l // 2)
+        sal += [0] * (size - 1) + [min(s_v, l - c)]
+        ctx += [0] * (size - 1) + [c]
+    return sal, ctx
+
+
 @dataclass
 class FastVID(PruningMethod):
     """FastVID (LLaVA-OV parallel implementation): DySeg + salient top-k + density anchors with temporal merging."""
@@ -149,14 +176,16 @@ class FastVID(PruningMethod):
     #: seed of the density tie-breaking noise.
     seed: int = 0
     dpc_noise: float = 1e-6
-    #: which fork's algorithm: "ov" (LLaVA-OV, parallel) or "video" (LLaVA-Video, per segment; module doc).
+    #: which fork's algorithm: "ov" (LLaVA-OV, parallel), "video" (LLaVA-Video) or "qwen" (Qwen2.5-VL); module doc.
     fork: str = "ov"
+    #: Qwen fork: inside a segment, a sub-segment ends where the global cosine drops below this (DySeg_ignore).
+    sub_segment_threshold: float = 0.95
 
     needs_attention = True
     attention_source = "pooling_head"
     display_name = "FastVID"
     color = "#F0E442"  # Okabe-Ito yellow
-    families = ("llava_ov", "llava_video")  # the Qwen2.5-VL fork runs another algorithm (module doc)
+    families = ("llava_ov", "llava_video", "qwen2_5_vl")  # fork per family: configs/model_method
 
     def __post_init__(self) -> None:
         if self.segments < 1:
@@ -188,8 +217,8 @@ class FastVID(PruningMethod):
         if metric is None or metric.dim() != 2 or metric.shape[0] != n:
             raise ValueError(f"fastvid needs metric [N, Dg] with N={n}: the frame-global feature (the SigLIP pooling "
                              f"head's output), got {None if metric is None else tuple(metric.shape)}")
-        if self.fork == "video":
-            return self._prune_video(x, attn, metric, budget)
+        if self.fork in ("video", "qwen"):
+            return self._prune_per_segment(x, attn, metric, budget)
         salient, context = self.split(l, budget)
         if salient < 1 or (context > 0 and l - salient < context):
             raise ValueError(f"budget={budget} gives salient={salient}, context={context} of L={l} tokens per frame")
@@ -241,8 +270,9 @@ class FastVID(PruningMethod):
                  "budget_rule": f"int(L*r)={salient + context} per frame"}
         return Selection(tokens=out, indices=idx[order], stats=stats)
 
-    def _prune_video(self, x: Tensor, attn: Tensor, metric: Tensor, budget: float) -> Selection:
-        """The LLaVA-Video fork (module doc): per-segment budget, per-anchor-frame density and merge pool."""
+    def _prune_per_segment(self, x: Tensor, attn: Tensor, metric: Tensor, budget: float) -> Selection:
+        """The LLaVA-Video and Qwen2.5-VL forks (module doc): per-segment budget, per-anchor-frame density and merge
+        pool; the Qwen fork's budget goes to the last frame of each sub-segment."""
         n, l, d = x.shape
         per_frame = int(l * budget)
         if per_frame < 1:
@@ -255,13 +285,20 @@ class FastVID(PruningMethod):
         for size in sizes:  # each segment has its own budget split, anchor frames and merge pools
             xs, a_s = x[start:start + size], attn[start:start + size]
             flat = xs.reshape(size * l, d)
-            sal_n, ctx_n = video_schedule(size, per_frame, self.context_ratio, self.anchor_stride)
+            if self.fork == "video":
+                sal_n, ctx_n = video_schedule(size, per_frame, self.context_ratio, self.anchor_stride)
+            else:
+                gs = g[start:start + size]
+                cuts = ((gs[:-1] * gs[1:]).sum(dim=1) < self.sub_segment_threshold).nonzero().flatten()
+                ends = torch.cat([cuts.new_tensor([-1]), cuts, cuts.new_tensor([size - 1])])
+                sal_n, ctx_n = qwen_schedule(size, per_frame, self.context_ratio, self.anchor_stride, l,
+                                             ends.diff().tolist())
             # salient: each frame's top sal_n[f] (top-k at the segment's largest count, trimmed per frame)
-            top = a_s.topk(max(sal_n), dim=1).indices
+            top = a_s.topk(max(sal_n), dim=1).indices  # [size, max salient]
             take = torch.arange(top.shape[1], device=x.device)[None] < torch.tensor(sal_n, device=x.device)[:, None]
             is_sal = torch.zeros(size, l, dtype=torch.bool, device=x.device)
             is_sal[torch.arange(size, device=x.device)[:, None].expand_as(top)[take], top[take]] = True
-            sal_flat = torch.cat([f * l + top[f, :k] for f, k in enumerate(sal_n) if k > 0])
+            sal_flat = (torch.arange(size, device=x.device)[:, None] * l + top)[take]  # frame-major, top-k order
             unit = flat / flat.norm(dim=-1, keepdim=True)
             seg_idx, seg_tok = [sal_flat], [flat[sal_flat]]
             for f in (i for i, k in enumerate(ctx_n) if k > 0):  # anchor frames: one noise draw each, in order
@@ -289,5 +326,5 @@ class FastVID(PruningMethod):
         order = idx.argsort()
         return Selection(tokens=torch.cat(out_tok)[order].to(x.dtype), indices=idx[order],
                          stats={"tokens_in": n * l, "tokens_out": int(idx.numel()), "segments": len(sizes),
-                                "budget_rule": f"int(L*r)={per_frame} per frame, summed per segment (LLaVA-Video "
+                                "budget_rule": f"int(L*r)={per_frame} per frame, summed per segment ({self.fork} "
                                                f"fork)"})

@@ -124,5 +124,49 @@ def test_video_fork_schedule_spends_the_segment_budget(n):
     assert sum(sal) + sum(ctx) == 16 * n and sum(ctx) == int(16 * n * 0.4)
     assert max(sal) - min(sal) <= 1 and (n == 1 or ctx[-1] > 0)  # the last frame is an anchor frame
     assert [i for i, c in enumerate(ctx) if c] == [n - 1 - 4 * j for j in range((n + 3) // 4)][::-1]
-    with pytest.raises(ValueError, match=r"fork='qwen'.*'ov', 'video'"):
-        FastVID(fork="qwen")
+    with pytest.raises(ValueError, match=r"fork='qwen3'.*'ov', 'video', 'qwen'"):
+        FastVID(fork="qwen3")
+
+
+# --- the Qwen2.5-VL fork (fork="qwen") ----------------------------------------------------------------------------
+QWEN_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fastvid" / "qwen.json"
+# (id, seed, budget, T temporal patches, shots, global-feature noise): grid 6 x 8 merged tokens, the script's tau 0.84
+QWEN_CASES = [("shots_27pct", 0, 0.27, 16, 3, 0.15), ("sub_segments_25pct", 4, 0.25, 32, 2, 0.35),
+              ("sub_segments_10pct", 5, 0.1, 32, 2, 0.35), ("one_shot_20pct", 3, 0.2, 16, 1, 0.15)]
+
+
+def qwen_fork_input(seed: int, t: int, shots: int, noise: float, d: int = 8):
+    """``t`` temporal patches of 6 x 8 merged tokens in ``shots`` shots; global features follow the shots with
+    ``noise`` (0.35: consecutive cosines ~0.9, between tau 0.84 and DySeg_ignore 0.95, so segments split into
+    sub-segments)."""
+    g = torch.Generator().manual_seed(seed)
+    shot = torch.arange(t) * shots // t
+    x = torch.randn(shots, 48, d, generator=g)[shot] + 0.5 * torch.randn(t, 48, d, generator=g)
+    attn = torch.rand(t, 48, generator=g)
+    glob = torch.randn(shots, 10, generator=g)[shot] + noise * torch.randn(t, 10, generator=g)
+    return x, attn / attn.sum(1, keepdim=True), glob
+
+
+def test_qwen_fork_matches_its_block():
+    """Kept indices and rows equal the Qwen2.5-VL fork's block (run unmodified by tests/fixtures/fastvid/make_qwen.py,
+    seed 0), including its shortfall below N int(L r) when a segment has few sub-segments."""
+    fixture = json.loads(QWEN_FIXTURE.read_text())
+    assert [c["id"] for c in fixture["cases"]] == [c[0] for c in QWEN_CASES]
+    shortfall = False
+    for (name, seed, budget, t, shots, noise), ref in zip(QWEN_CASES, fixture["cases"]):
+        x, attn, glob = qwen_fork_input(seed, t, shots, noise)
+        sel = FastVID(fork="qwen", tau=0.84).prune(x, budget=budget, attn=attn, metric=glob)
+        assert sel.indices.tolist() == ref["indices"], name
+        torch.testing.assert_close(sel.tokens, torch.tensor(ref["tokens"]), rtol=1e-5, atol=1e-6)
+        shortfall |= sel.stats["tokens_out"] < t * int(48 * budget)
+    assert shortfall
+
+
+def test_qwen_schedule_keeps_only_sub_segment_ends():
+    from tango.methods.fastvid import qwen_schedule
+
+    sal, ctx = qwen_schedule(6, 10, 0.4, 4, 48, [2, 3, 1])
+    assert [i for i, (a, b) in enumerate(zip(sal, ctx)) if a + b] == [1, 4, 5]  # last frame of each sub-segment
+    assert sum(ctx) == int(60 * 0.4) and sum(sal) + sum(ctx) == 60
+    sal, ctx = qwen_schedule(4, 30, 0.4, 4, 48, [4])  # one sub-segment: one frame, capped at L // 2 + the rest
+    assert (sal, ctx) == ([0, 0, 0, 24], [0, 0, 0, 24])  # 120 asked, 48 kept: the fork's shortfall
