@@ -252,22 +252,28 @@ def load_dycoke(repo):
     return run
 
 
+def _exec_package(package: str, method: str, repo, files) -> dict:
+    """Execute ``files`` (at ``COMMITS[method]``) as the modules of a fresh package ``package``, so their relative
+    imports resolve among themselves; returns ``{file stem: module}``."""
+    pkg = types.ModuleType(package)
+    pkg.__path__ = []
+    sys.modules[package] = pkg
+    mods = {}
+    for file in files:
+        mod = types.ModuleType(f"{package}.{Path(file).stem}")
+        mod.__package__ = package
+        sys.modules[mod.__name__] = mod
+        exec(compile(source(method, repo, file), file, "exec"), mod.__dict__)
+        mods[Path(file).stem] = mod
+    return mods
+
+
 def load_tango(repo):
     """The authors' ``tango_pruner`` with its ``utils`` / ``prune_config`` and ``SpatioTemporalRoPE``, executed as a
     package named ``tango_upstream`` (the harness's own package is ``tango``), called as their ``llava_arch.py``
     does: ``run(x [N, L, D], attn [N, L], timestamps [N], budget, tau, sinks)`` -> ``{"indices": sorted kept}``.
     ST-RoPE uses the 7B sections [1196, 1194, 1194], so ``D`` must be 3584."""
-    pkg = types.ModuleType("tango_upstream")
-    pkg.__path__ = []
-    sys.modules["tango_upstream"] = pkg
-    mods = {}
-    for file in TANGO_MODULES:
-        name = "tango_upstream." + Path(file).stem
-        mod = types.ModuleType(name)
-        mod.__package__ = "tango_upstream"
-        sys.modules[name] = mod
-        exec(compile(source("tango", repo, file), file, "exec"), mod.__dict__)
-        mods[Path(file).stem] = mod
+    mods = _exec_package("tango_upstream", "tango", repo, TANGO_MODULES)
 
     def run(x, attn, timestamps, budget: float, tau: float, sinks=(), context_ratio: float = 0.4, alpha: float = 1.5,
             base_time: float = 10000.0, base_space: float = 1000.0, seed: int = 0) -> dict:
@@ -339,17 +345,7 @@ def load_flashvid(repo):
     package ``flashvid_upstream``: ``run(x [N, L, D], attn [N, L], budget, seed=0, **config)`` ->
     ``{"tokens": [M, D], "indices": [M]}`` (its output, sorted by flat index). ``torch.manual_seed(seed)`` first (its
     DPC noise comes from the global RNG); ``x`` is cloned (upstream writes into it)."""
-    pkg = types.ModuleType("flashvid_upstream")
-    pkg.__path__ = []
-    sys.modules["flashvid_upstream"] = pkg
-    mods = {}
-    for file in FLASHVID_MODULES:
-        name = "flashvid_upstream." + Path(file).stem
-        mod = types.ModuleType(name)
-        mod.__package__ = "flashvid_upstream"
-        sys.modules[name] = mod
-        exec(compile(source("flashvid", repo, file), file, "exec"), mod.__dict__)
-        mods[Path(file).stem] = mod
+    mods = _exec_package("flashvid_upstream", "flashvid", repo, FLASHVID_MODULES)
 
     def run(x, attn, budget: float, seed: int = 0, **config) -> dict:
         torch.manual_seed(seed)
