@@ -32,9 +32,10 @@ Hyperparameters are the authors' (``scripts/eval.sh``; defaults in the fork's co
 
 Intentional deviations:
 
-- Positions: upstream prunes inside ``Qwen2Model.forward`` and keeps the kept tokens' **original** position ids
-  (text after the video keeps its positions, leaving a gap); here, as for every pre-LLM method on LLaVA, the LLM
-  sees the kept tokens with contiguous positions. The token set and features are the reference's.
+- Positions: the LLaVA forks prune inside ``Qwen2Model.forward`` and keep the kept tokens' **original** position
+  ids (text after the video keeps its positions, leaving a gap); here, as for every pre-LLM method on LLaVA (OV and
+  Video), the LLM sees the kept tokens with contiguous positions. The token set and features are the reference's.
+  On Qwen2.5-VL both keep the original M-RoPE positions.
 - ``fork="video"`` (``configs/model_method/{,tiny_}llava_video_fastvid.yaml``) runs the LLaVA-Video fork's
   block (``fastvid_llavavideo/.../modeling_qwen2.py``, parity-tested in ``tests/fixtures/fastvid/video.json``): per
   segment of n frames ``R n`` tokens (``R = int(L r)``), ``int(R n d)`` of them anchors spread over ``ceil(n / p)``
@@ -160,7 +161,7 @@ def qwen_schedule(n: int, per_frame: int, context_ratio: float, p: int, l: int, 
 
 @dataclass
 class FastVID(PruningMethod):
-    """FastVID (LLaVA-OV parallel implementation): DySeg + salient top-k + density anchors with temporal merging."""
+    """FastVID: DySeg + salient top-k + density anchors with temporal merging, one ``fork`` per model family."""
 
     name: str = "fastvid"
     #: c: DySeg makes the c - 1 least similar transitions cuts (``fastvid_DySeg_c``).
