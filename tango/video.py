@@ -81,6 +81,28 @@ def check_frame_count(path: str, decoded: int, declared: int) -> None:
                                f"corrupt video {path}")
 
 
+def _pyav_pass(path: str, plan: tuple[int, int, float | None] | None) -> tuple[int, float, dict[int, np.ndarray]]:
+    """Decode every frame of ``path`` with PyAV, converting to RGB only the frames :func:`sample_indices` picks for
+    ``plan = (total, num_frames, fps)`` (none when ``plan`` is None: a counting pass). Memory holds the sampled
+    frames only, not the video (a one-hour 720p video is ~290 GB of RGB frames).
+
+    Returns:
+        ``(frames decoded, average fps, {index: [H, W, 3] uint8})``.
+    """
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        avg_fps = float(stream.average_rate or stream.guessed_rate)
+        wanted = set() if plan is None else set(sample_indices(plan[0], plan[1], avg_fps, plan[2]).tolist())
+        kept, total = {}, 0
+        for frame in container.decode(stream):
+            if total in wanted:
+                kept[total] = frame.to_ndarray(format="rgb24")
+            total += 1
+    return total, avg_fps, kept
+
+
 def read_clip(path: str | Path, num_frames: int, backend: str = "decord", fps: float | None = None) -> Clip:
     """Decode ``num_frames`` frames of ``path`` chosen by :func:`sample_indices`; raises
     :class:`VideoDecodeError` when the file decodes to fewer frames than its header declares."""
@@ -97,17 +119,15 @@ def read_clip(path: str | Path, num_frames: int, backend: str = "decord", fps: f
         idx = sample_indices(total, num_frames, avg_fps, fps)
         frames = vr.get_batch(idx.tolist()).asnumpy()
     elif backend == "pyav":
-        import av
-
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            avg_fps = float(stream.average_rate or stream.guessed_rate)
-            # Decode every frame: container frame counts are unreliable and seeking is not frame-exact.
-            all_frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        total = len(all_frames)
+        # Every frame is decoded (seeking is not frame-exact), but only the sampled ones are converted and kept.
+        # The indices come from the header's count; a stream that decodes to another count (within the tolerance)
+        # is read a second time with the indices of its true count.
+        total, avg_fps, kept = _pyav_pass(path, None if not declared else (declared, num_frames, fps))
         check_frame_count(path, total, declared)
         idx = sample_indices(total, num_frames, avg_fps, fps)
-        frames = np.stack([all_frames[i] for i in idx])
+        if not set(idx.tolist()) <= kept.keys():
+            _, _, kept = _pyav_pass(path, (total, num_frames, fps))
+        frames = np.stack([kept[i] for i in idx])
     else:
         raise ValueError(f"video backend {backend!r}; valid: {list(BACKENDS)}")
     if len(frames) != len(idx):

@@ -1,5 +1,7 @@
 """Frame sampling and both decoders: same indices, same frames."""
 
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
@@ -61,3 +63,62 @@ def test_bad_backend_and_missing_file(video, tmp_path):
         read_clip(video, 4, backend="nope")
     with pytest.raises(FileNotFoundError):
         read_clip(tmp_path / "missing.mp4", 4)
+
+
+def _peak_rss_mib(code: str) -> float:
+    """Peak resident memory (MiB) of a fresh Python process running ``code``: its own ``VmHWM`` (``getrusage``'s
+    maxrss would include the forking test process's size, carried across ``exec``)."""
+    import subprocess
+    import sys
+
+    report = ("\nprint([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0])")  # kB
+    out = subprocess.run([sys.executable, "-c", code + report], check=True, timeout=300, capture_output=True,
+                         text=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
+def test_pyav_keeps_only_the_sampled_frames_in_memory(tmp_path):
+    """A 900-frame 640x360 video (622 MB of RGB frames) read for 8 frames: the process's peak memory stays near that
+    of decoding one frame at a time (decoding every frame into memory first would add ~600 MB); the same frames as
+    decord."""
+    path = tmp_path / "long.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 640, 360, "yuv420p"
+        s.options = {"preset": "ultrafast"}
+        for i in range(900):
+            img = np.zeros((360, 640, 3), np.uint8)
+            img[:, i % 640] = 255
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    base = _peak_rss_mib("import av, numpy, tango.video")
+    peak = _peak_rss_mib(f"from tango.video import read_clip; read_clip({str(path)!r}, 8, backend='pyav')")
+    assert peak - base < 150, f"peak {peak:.0f} MiB against {base:.0f} MiB without decoding"
+    clip, ref = read_clip(path, 8, backend="pyav"), read_clip(path, 8, backend="decord")
+    assert clip.indices.tolist() == ref.indices.tolist() and clip.total_frames == ref.total_frames == 900
+    assert np.abs(clip.frames.astype(int) - ref.frames.astype(int)).mean() < 2.0
+
+
+def test_pyav_on_a_container_without_a_frame_count(tmp_path):
+    """Matroska declares no frame count: PyAV counts in a first pass, then decodes the sampled frames."""
+    from tango.video import declared_frames
+
+    path = tmp_path / "bar.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(30):
+            img = np.zeros((48, 64, 3), np.uint8)
+            img[:, 2 * i : 2 * i + 2] = 255
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert declared_frames(str(path)) == 0
+    clip = read_clip(path, 6, backend="pyav")
+    assert clip.total_frames == 30 and clip.indices.tolist() == np.linspace(0, 29, 6, dtype=int).tolist()
+    bar = clip.frames[:, 24].mean(-1).argmax(-1) // 2  # the bar's column tells the source frame
+    assert np.abs(bar - clip.indices).max() <= 1
