@@ -111,6 +111,15 @@ def load_holitom(repo):
     return run
 
 
+def _video_part(keep, out, p0: int, n_video: int, s: int) -> dict:
+    """The kept video tokens of a FastVID block's output sequence ``out [S', D]`` (positions ``keep [S']`` in an
+    ``s``-token prompt whose video span is ``[p0, p0 + n_video)``), after checking that the text is untouched."""
+    vis = (keep >= p0) & (keep < p0 + n_video)
+    if keep[~vis].tolist() != [*range(p0), *range(p0 + n_video, s)]:
+        raise AssertionError("FastVID changed the text around the video")
+    return {"tokens": out[vis], "indices": keep[vis] - p0}
+
+
 def load_fastvid(repo):
     lines = source("fastvid", repo).splitlines()
     start = next(i for i, ln in enumerate(lines) if "FastVID ####" in ln)
@@ -132,11 +141,7 @@ def load_fastvid(repo):
               "position_embeddings": (hidden.new_zeros(1, s, 1), hidden.new_zeros(1, s, 1))}
         torch.manual_seed(seed)  # the density noise comes from the global RNG
         exec(code, ns)
-        keep, out = ns["keep_indexs"], ns["hidden_states"][0]
-        vis = (keep >= p0) & (keep < p0 + n * l)
-        if keep[~vis].tolist() != [*range(p0), *range(p0 + n * l, s)]:
-            raise AssertionError("FastVID changed the text around the video")
-        return {"tokens": out[vis], "indices": keep[vis] - p0}
+        return _video_part(ns["keep_indexs"], ns["hidden_states"][0], p0, n * l, s)
 
     return run
 
@@ -203,11 +208,7 @@ def load_fastvid_qwen(repo):
               "attention_mask": torch.ones(1, s, dtype=torch.long), "cache_position": torch.arange(s), "torch": torch}
         torch.manual_seed(seed)  # the density noise comes from the global RNG
         exec(code, ns)
-        keep, out = ns["keep_indexs"], ns["inputs_embeds"][0]
-        vis = (keep >= p0) & (keep < p0 + t * l)
-        if keep[~vis].tolist() != [*range(p0), *range(p0 + t * l, s)]:
-            raise AssertionError("FastVID changed the text around the video")
-        return {"tokens": out[vis], "indices": keep[vis] - p0}
+        return _video_part(ns["keep_indexs"], ns["inputs_embeds"][0], p0, t * l, s)
 
     return run
 

@@ -302,6 +302,8 @@ class FastVID(PruningMethod):
             sal_flat = (torch.arange(size, device=x.device)[:, None] * l + top)[take]  # frame-major, top-k order
             unit = flat / flat.norm(dim=-1, keepdim=True)
             seg_idx, seg_tok = [sal_flat], [flat[sal_flat]]
+            not_salient = torch.ones(size * l, dtype=torch.bool, device=x.device)
+            not_salient[sal_flat] = False
             for f in (i for i, k in enumerate(ctx_n) if k > 0):  # anchor frames: one noise draw each, in order
                 rest = (~is_sal[f]).nonzero().flatten()
                 pool = xs[f, rest].float()[None]
@@ -309,8 +311,7 @@ class FastVID(PruningMethod):
                 ranked = dpc_knn(None, ctx_n[f], K_DENSITY, generator=gen, noise=self.dpc_noise, dist=dist,
                                  include_self=True)
                 anchors = f * l + rest[ranked[0].sort().values]
-                members = torch.ones(size * l, dtype=torch.bool, device=x.device)
-                members[sal_flat] = False
+                members = not_salient.clone()
                 members[anchors] = False  # other anchor frames' anchors stay in this frame's pool
                 merge = members.nonzero().flatten()
                 assign = torch.mm(unit[merge], unit[anchors].T).argmax(dim=1)
