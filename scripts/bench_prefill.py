@@ -101,7 +101,7 @@ def run_model(family: str, args, env: dict, date: str, methods: list[str]) -> li
     else:
         adapter = bench.build_full_adapter(family, device, dtype, args.attn_implementation)
     print(f"[{model_name}] built in {time.perf_counter() - t0:.1f} s", flush=True)
-    hw = args.qwen_size if family == "qwen2_5_vl" else args.llava_size
+    hw = args.qwen_size if family.startswith("qwen") else args.llava_size
     rows: list[dict] = []
     common = dict(date=date, model=model_name, family=family, frame_hw=f"{hw[0]}x{hw[1]}", warmup=args.warmup,
                   repeats=args.repeats, **env)

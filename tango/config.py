@@ -23,7 +23,7 @@ from tango.methods import METHODS
 @dataclass
 class ModelConfig:
     name: str = MISSING                   # config key, used in run keys and result rows
-    family: str = MISSING                 # adapter family: llava_ov | llava_video | qwen2_5_vl
+    family: str = MISSING                 # adapter family: llava_ov | llava_video | qwen2_5_vl | qwen3_vl
     pretrained: str = MISSING             # hub id or local path, loaded with from_pretrained
     tiny: bool = False                    # build a random tiny checkpoint offline at `pretrained` if it is missing
     num_frames: int = 32                  # frames sampled uniformly (linspace(0, n-1, num_frames))

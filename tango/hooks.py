@@ -47,11 +47,32 @@ def qwen2_attention_row(attn_mod, kwargs: dict) -> Tensor:
     return torch.softmax((q @ k.transpose(-1, -2)).float() * attn_mod.scaling, dim=-1)[0, :, 0]
 
 
+def qwen3_attention_row(attn_mod, kwargs: dict) -> Tensor:
+    """:func:`qwen2_attention_row` for Qwen3-style layers (Qwen3-VL's text model): the query is RMS-normalised per
+    head (``q_norm``) before the rotation, as the layer's forward does; keys come from the cache (already ``k_norm``'d
+    and rotated) or are recomputed the same way. Interleaved M-RoPE is already folded into ``(cos, sin)``."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
+
+    hs = kwargs["hidden_states"]
+    cos, sin = kwargs["position_embeddings"]
+    q = attn_mod.q_norm(attn_mod.q_proj(hs[:, -1:]).view(hs.shape[0], 1, -1, attn_mod.head_dim)).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
+    cache = kwargs.get("past_key_values")
+    if cache is not None:
+        k = cache.layers[attn_mod.layer_idx].keys
+    else:
+        k = attn_mod.k_norm(attn_mod.k_proj(hs).view(hs.shape[0], hs.shape[1], -1, attn_mod.head_dim)).transpose(1, 2)
+        k, _ = apply_rotary_pos_emb(k, k, cos, sin)
+    k = repeat_kv(k, attn_mod.num_key_value_groups)
+    return torch.softmax((q @ k.transpose(-1, -2)).float() * attn_mod.scaling, dim=-1)[0, :, 0]
+
+
 #: ``config.model_type`` of a decoder -> its attention-row helper ``(self_attn module, forward kwargs) -> [H, S]``.
 #: Each entry is tested against the eager attention of its family (tests/models/test_inllm.py).
 ATTENTION_ROWS: dict[str, Callable[[torch.nn.Module, dict], Tensor]] = {
     "qwen2": qwen2_attention_row,               # LLaVA-OneVision, LLaVA-Video
     "qwen2_5_vl_text": qwen2_attention_row,     # Qwen2.5-VL
+    "qwen3_vl_text": qwen3_attention_row,       # Qwen3-VL (q_norm / k_norm)
 }
 
 
@@ -204,3 +225,40 @@ def restrict_decode_attention(layers, k: int, select: Callable[[Tensor], Tensor 
 
     with _attached(layers, k, on_row, pre):
         yield state
+
+
+@contextmanager
+def add_after_layers(layers, positions: Tensor, maps: list[Tensor], drop_state: dict):
+    """Add ``maps[i] [V, D]`` to the prefill hidden states at ``positions [V]`` (sorted long, in the prompt the LLM
+    sees) after decoder layer ``i`` -- Qwen3-VL's DeepStack injection (``Qwen3VLTextModel._deepstack_process``:
+    ``h = h.clone(); h[mask] = h[mask] + map``, the same arithmetic, so bit-exact with the model's own path).
+
+    Positions an in-LLM method dropped before layer ``i`` (``drop_state["keep"]`` from layer ``drop_state["layer"]``
+    on) are skipped and the others are re-indexed into the shorter sequence, so every map stays aligned with the
+    tokens it belongs to (the model's own injection has no notion of a drop and would fail on the length). Decode
+    steps are untouched (the model adds DeepStack features at prefill only)."""
+    done: set[int] = set()
+
+    def hook_for(i):
+        def hook(mod, args, out):
+            if i in done:
+                return None
+            done.add(i)
+            h = out.clone()
+            pos, emb = positions.to(h.device), maps[i].to(h.device, h.dtype)
+            keep = drop_state.get("keep")
+            if keep is not None and i >= drop_state["layer"]:
+                keep = keep.to(h.device)
+                present = torch.isin(pos, keep)
+                pos, emb = torch.searchsorted(keep, pos[present]), emb[present]
+            h[0, pos] = h[0, pos] + emb
+            return h
+        return hook
+
+    handles = []
+    try:
+        handles = [layers[i].register_forward_hook(hook_for(i)) for i in range(len(maps))]
+        yield
+    finally:
+        for h in handles:
+            h.remove()

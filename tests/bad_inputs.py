@@ -52,8 +52,6 @@ CATALOGUE: list[BadInput] = [
     BadInput("method=fastv method.layer=0", "layer=0 is outside the valid range [1, num_layers-1=3]"),
     BadInput("method=dycoke model.num_frames=1", "dycoke needs at least 2 frames, got num_frames=1"),
     BadInput("method=dycoke method.kv_layer=0", "kv_layer=0 must be >= 1"),
-    BadInput("model=tiny_qwen2_5_vl method=holitom",
-             "method=holitom: supports the model families ['llava_ov', 'llava_video'], not model.family='qwen2_5_vl'"),
     BadInput("method=holitom method.beta=1.5", "beta=1.5 must be in [0, 1]"),
     BadInput("method=fastvid method.fork=qwen3", "fastvid: fork='qwen3' is invalid; valid: ['ov', 'video', 'qwen']"),
     # -- task -------------------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_smoke_run_writes_a_sane_csv(tmp_path, cache_dir):
         assert reader.fieldnames == bench.FIELDS
         rows = list(reader)
     ok = [r for r in rows if r["status"] == "ok"]
-    assert {r["model"] for r in ok} == {"tiny_llava_ov", "tiny_llava_video", "tiny_qwen2_5_vl"}
+    assert {r["model"] for r in ok} == {"tiny_llava_ov", "tiny_llava_video", "tiny_qwen2_5_vl", "tiny_qwen3_vl"}
     f = lambda r, k: float(r[k])
     for r in ok:
         assert r["device"] == "cpu" and r["torch"] == torch.__version__ and r["transformers"] and r["dtype"]
@@ -108,17 +108,18 @@ def test_smoke_run_writes_a_sane_csv(tmp_path, cache_dir):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("family, grid", [("llava_ov", (14, 14)), ("llava_video", (13, 13)), ("qwen2_5_vl", None)])
-def test_full_size_adapter_builds_on_meta(family, grid):
+@pytest.mark.parametrize("family, grid, layers", [("llava_ov", (14, 14), 28), ("llava_video", (13, 13), 28),
+                                                  ("qwen2_5_vl", None, 28), ("qwen3_vl", None, 36)])
+def test_full_size_adapter_builds_on_meta(family, grid, layers):
     """The GPU path of the benchmark (real 7B config, random init, adapter around it), on the meta device."""
     adapter = bench.build_full_adapter(family, "meta", torch.bfloat16, "sdpa")
     p = next(adapter.model.parameters())
     assert p.device.type == "meta" and p.dtype == torch.bfloat16
     assert adapter.model.config._attn_implementation == "sdpa"
     assert getattr(adapter, "grid", None) == grid
-    pad = "<|video_pad|>" if family == "qwen2_5_vl" else "<video>"
+    pad = "<|video_pad|>" if family.startswith("qwen") else "<video>"
     assert adapter.video_token_id == adapter.processor.tokenizer.convert_tokens_to_ids(pad)
-    assert adapter.model.config.text_config.num_hidden_layers == 28
+    assert adapter.model.config.text_config.num_hidden_layers == layers
 
 
 @pytest.mark.unit

@@ -84,3 +84,30 @@ def test_toy_methods_from_a_test_file_run_on_every_tiny_family(toys, family, tmp
         else:  # in-LLM: all enter, about half remain from layer 1 on
             assert record["visual_tokens_out"] == record["visual_tokens_in"]
             assert record["visual_tokens_layer_avg"] < 0.6 * record["visual_tokens_in"]
+
+
+@dataclass
+class ToyLlavaOnly(ToyFirstTokens):
+    """A method that declares the families it supports (``families``)."""
+
+    name: str = "toy_llava_only"
+    families = ("llava_ov",)
+
+
+def test_a_method_limited_to_some_families_is_refused_elsewhere_naming_both(cache_dir):
+    """Every shipped method runs on every family today, so the refusal is shown on a toy: at compose time (before
+    a model loads) and by the adapter itself."""
+    from tango.config import ConfigError, validate
+    from tango.models.base import ensure_tiny_checkpoint, load_adapter
+
+    register_method(ToyLlavaOnly)
+    try:
+        with pytest.raises(ConfigError, match=r"method=toy_llava_only: supports the model families \['llava_ov'\], "
+                                              r"not model.family='qwen3_vl'"):
+            validate(compose(["model=tiny_qwen3_vl", "method=toy_llava_only", "budget=0.5"]))
+        adapter = load_adapter("qwen3_vl", device=torch.device("cpu"), dtype="float32", pretrained=str(
+            ensure_tiny_checkpoint("qwen3_vl", cache_dir / "models" / "tiny_qwen3_vl")))
+        with pytest.raises(ValueError, match="method 'toy_llava_only' supports the model families"):
+            adapter.check_method(ToyLlavaOnly())
+    finally:
+        METHODS.pop(ToyLlavaOnly.name)

@@ -13,11 +13,12 @@ from tango.runner import LATENCY_KEYS, run
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("model, tokens_in", [("tiny_llava_ov", 256), ("tiny_qwen3_vl", 128)])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_runs_end_to_end(method, tmp_path, cache_dir, monkeypatch):
+def test_every_method_runs_end_to_end(method, model, tokens_in, tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("TANGO_RESULTS", str(tmp_path))
     monkeypatch.setenv("TANGO_CACHE", str(cache_dir))
-    cfg = compose(["model=tiny_llava_ov", "task=synthetic", f"method={method}", "budget=0.25",
+    cfg = compose([f"model={model}", "task=synthetic", f"method={method}", "budget=0.25",
                    "task.synthetic.num_videos=4", "logger=[csv]"])
     accuracy = run(cfg)
     run_dir = tmp_path / "runs" / cfg.run_key
@@ -29,12 +30,12 @@ def test_every_method_runs_end_to_end(method, tmp_path, cache_dir, monkeypatch):
     for s in samples:  # per-request figures joined to lmms-eval's sample of the same doc id
         assert s["ttft_ms"] > 0 and s["vision_ms"] > 0 and s["llm_prefill_ms"] > 0 and s["pruning_ms"] >= 0
         assert s["ttft_ms"] >= s["vision_ms"] + s["pruning_ms"] + s["llm_prefill_ms"] - 1e-6
-        assert s["tflops_prefill"] > 0 and 0 < s["tokens_layer_avg"] <= s["tokens_in"] == 256
+        assert s["tflops_prefill"] > 0 and 0 < s["tokens_layer_avg"] <= s["tokens_in"] == tokens_in
     for k in LATENCY_KEYS:
         if k != "decode_tok_s" or record[k] is not None:
             assert record[k] > 0 and record[f"{k}_p90"] >= record[k]
     expected = 1.0 if method == "none" else 0.25
     assert record["budget"] == expected
-    if method in ("visionzip", "fastv"):  # these two hit the budget exactly on 16 x 16 tokens
+    if method in ("visionzip", "fastv") and model == "tiny_llava_ov":  # exact on 16 x 16 tokens
         assert record["retention"] == pytest.approx(expected, abs=0.01)
     assert Path(tmp_path / "results.csv").exists()

@@ -54,6 +54,8 @@ Intentional deviations:
   capped at ``L // 2``, salient at the rest), so a segment without a sub-cut keeps one frame and the realised count
   falls below ``N R`` (recorded). The global feature is the per-patch mean of ``x`` (the adapter's metric on Qwen).
   Kept tokens keep their original M-RoPE positions, as upstream gathers them.
+- Qwen3-VL has no FastVID fork; ``configs/model_method/{,tiny_}qwen3_vl_fastvid.yaml`` run the Qwen2.5-VL fork
+  (same temporal patches of merged tokens, same per-patch mean as the global feature) with its thresholds.
 - Fewer frames than ``c`` (upstream: ``topk`` raises): every transition is cut (the shared segmentation's guard).
 - Tie-breaking noise from a ``torch.Generator`` seeded with ``seed`` (upstream: the global RNG), drawn once with the
   reference's shape, so a run is deterministic.
@@ -186,7 +188,7 @@ class FastVID(PruningMethod):
     attention_source = "pooling_head"
     display_name = "FastVID"
     color = "#F0E442"  # Okabe-Ito yellow
-    families = ("llava_ov", "llava_video", "qwen2_5_vl")  # fork per family: configs/model_method
+    families = ("llava_ov", "llava_video", "qwen2_5_vl", "qwen3_vl")  # fork per family: configs/model_method
 
     def __post_init__(self) -> None:
         if self.segments < 1:

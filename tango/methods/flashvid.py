@@ -53,6 +53,9 @@ Intentional deviations:
   patched FlashAttention-2 block; the Qwen script's settings (``selection="attn_div"``, ``min_segment_num=4``) are
   in ``configs/model_method/{,tiny_}qwen2_5_vl_flashvid.yaml``. Kept tokens keep their original M-RoPE positions,
   as upstream gathers them.
+- Qwen3-VL (``scripts/qwen3_vl.sh``, ``configs/model_method/{,tiny_}qwen3_vl_flashvid.yaml``): as Qwen2.5-VL
+  with the in-LLM stage at layer 28 of 36 keeping ``ceil(0.1 M)``; DeepStack maps are gathered at the
+  representatives (the adapter's rule, upstream's too); the last ViT block's attention, no window order.
 """
 
 from __future__ import annotations
@@ -202,7 +205,7 @@ class FlashVID(PruningMethod):
     color = "#882255"
     needs_attention = True
     attention_source = "last_layer"
-    families = ("llava_ov", "llava_video", "qwen2_5_vl")
+    families = ("llava_ov", "llava_video", "qwen2_5_vl", "qwen3_vl")
 
     def __post_init__(self) -> None:
         checks = [(self.selection in SELECTIONS, "selection", list(SELECTIONS)),

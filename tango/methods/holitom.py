@@ -48,6 +48,11 @@ Intentional deviations:
   prefill, which leaves that row unchanged); LLaVA-OV's trailing newline is not in the prunable span (upstream
   counts it in ``image_tokens``: ``round`` may differ by one token); the fold is the closed form in float32
   (upstream: sequential in the model dtype).
+- Qwen2.5-VL and Qwen3-VL: upstream has LLaVA-NeXT code only (spec §1.8), so on the Qwen families HoliTom is the
+  harness's port, not parity-tested there: the outer stage is model-agnostic on ``x [N, L, D]`` (temporal patches
+  as frames; its grid is never used, so non-square Qwen grids are fine) with the adapter's ``last_layer`` source
+  (the last full-attention ViT block), kept tokens keep their original M-RoPE positions, and the optional inner
+  merge runs on the Qwen decoders through the same hooks. No script sets ``tau`` for Qwen: the LLaVA-OV rule applies.
 - Similarities, distances and merges are computed in float32 (upstream: the model dtype, fp16 in its scripts).
 - Tie-breaking noise ``U(0, dpc_noise)`` comes from a ``torch.Generator`` seeded with ``seed`` (upstream: the global
   RNG, unseeded), drawn in upstream's order (one draw per window with static centres, in time order), so a run is
@@ -201,7 +206,6 @@ class HoliTom(PruningMethod):
     attention_source = "last_layer"  # attention received in the tower's last layer (VisionZip's source)
     display_name = "HoliTom"
     color = "#CC79A7"  # Okabe-Ito reddish purple
-    families = ("llava_ov", "llava_video")  # upstream has LLaVA-NeXT code only (spec §1.8)
 
     def __post_init__(self) -> None:
         if self.tau is not None and not -1.0 <= self.tau <= 1.0:

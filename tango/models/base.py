@@ -24,6 +24,7 @@ ADAPTERS = {
     "llava_ov": "tango.models.llava_ov.LlavaOneVision",
     "llava_video": "tango.models.llava_ov.LlavaVideo",
     "qwen2_5_vl": "tango.models.qwen2_5_vl.Qwen25VL",
+    "qwen3_vl": "tango.models.qwen3_vl.Qwen3VL",
 }
 
 
@@ -170,7 +171,8 @@ def load_adapter(family: str, **kwargs):
 
 def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, method, budget: float, video_token_id: int,
                        n_vis: int, token_mask: torch.Tensor | None = None, max_new_tokens: int,
-                       stop: list[str] | None, **generate_kwargs):
+                       stop: list[str] | None, deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+                       **generate_kwargs):
     """The LLM half shared by the adapters: greedy ``generate`` on the assembled ``inputs_embeds`` under the
     method's decoder hooks, with the prefill / decode split taken from the first LLM forward.
 
@@ -181,13 +183,15 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
         n_vis: prunable visual positions at the start of the video span (in-LLM methods never drop the rest).
         token_mask: ``[S_v]`` over the video span, True for visual tokens, False for layout tokens (newlines);
             None: all visual. In-LLM drops are counted in visual tokens through it.
+        deepstack: ``(positions [V], maps)`` with ``maps[i] [V, D]`` added after decoder layer ``i`` at prefill
+            (Qwen3-VL, :func:`tango.hooks.add_after_layers`), kept aligned with any in-LLM drop.
     Returns:
         ``(text, stats, per_layer)``: the answer, the per-request figures, and the sequence length per decoder
         layer (an int when every layer sees the same length) for the FLOPs count.
     """
     from contextlib import nullcontext
 
-    from tango.hooks import DecoderView
+    from tango.hooks import DecoderView, add_after_layers
 
     lm = model.model.language_model
     layers = lm.layers
@@ -199,7 +203,7 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
     hook = lm.register_forward_hook(lambda *_: marks.append(sw.now()) if not marks else None)
     t_llm = sw.now()
     try:
-        with hooks as state:
+        with hooks as state, (add_after_layers(layers, *deepstack, state) if deepstack else nullcontext()):
             out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
                                  max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
     finally:

@@ -215,7 +215,7 @@ def _to_raster(window_order: torch.Tensor, grid_thw: torch.Tensor, vision_cfg) -
 
 
 def mean_query_attention(attn_mod, hidden: torch.Tensor, position_embeddings, grid_thw: torch.Tensor,
-                         vision_cfg) -> dict[str, torch.Tensor]:
+                         vision_cfg, to_raster=None) -> dict[str, torch.Tensor]:
     """Tango's Qwen2.5-VL saliency from one full-attention ViT block, in raster order of the merged grid.
 
     Args:
@@ -223,9 +223,12 @@ def mean_query_attention(attn_mod, hidden: torch.Tensor, position_embeddings, gr
         hidden: ``[S, C]`` its input (after ``norm1``), in window order; ``S = grid_t * grid_h * grid_w``.
         position_embeddings: the rotary ``(cos, sin)`` it receives, ``[S, head_dim]`` each, in window order.
         grid_thw: ``[1, 3]`` the video's grid.
+        to_raster: ``(rows [T * L, ...], grid_thw, vision_cfg) -> [T, L, ...]``, the tower's row order to raster
+            order of the merged grid; default: undo Qwen2.5-VL's window permutation (Qwen3-VL has none).
     Returns:
         ``attn [grid_t, L]`` fp32, each row summing to 1.
     """
+    to_raster = to_raster or _to_raster
     t, h, w = (int(v) for v in grid_thw[0])
     unit = vision_cfg.spatial_merge_size ** 2
     heads, hd = attn_mod.num_heads, attn_mod.head_dim
@@ -235,17 +238,18 @@ def mean_query_attention(attn_mod, hidden: torch.Tensor, position_embeddings, gr
     q = q.float().transpose(0, 1).reshape(heads, t, h * w, hd).mean(2, keepdim=True)      # [H, T, 1, hd]
     k = k.float().transpose(0, 1).reshape(heads, t, h * w // unit, unit, hd).mean(3)       # [H, T, L, hd]
     weights = torch.softmax((q @ k.transpose(-1, -2)) * attn_mod.scaling, dim=-1)          # [H, T, 1, L]
-    return {"attn": _to_raster(weights[:, :, 0].mean(0).reshape(-1), grid_thw, vision_cfg)}
+    return {"attn": to_raster(weights[:, :, 0].mean(0).reshape(-1), grid_thw, vision_cfg)}
 
 
 def received_attention(attn_mod, hidden: torch.Tensor, position_embeddings, grid_thw: torch.Tensor,
-                       vision_cfg) -> dict[str, torch.Tensor]:
+                       vision_cfg, to_raster=None) -> dict[str, torch.Tensor]:
     """VisionZip's source on Qwen2.5-VL, from the same full-attention block (the last block in released configs).
 
     ``attn [grid_t, L]``: attention each patch receives within its temporal patch (softmax over that temporal
     patch's patches, mean over heads and queries), then the mean over each 2x2 merge unit (the analogue of LLaVA's
     2x2 pooling, so rows sum to 1/4). ``metric [grid_t, L, head_dim]``: the block's keys **before** RoPE (content only,
     like SigLIP's keys), mean over heads and over the merge unit. Frame by frame: ``[H, n, n]`` at a time."""
+    to_raster = to_raster or _to_raster
     _, h, w = (int(v) for v in grid_thw[0])
     unit = vision_cfg.spatial_merge_size ** 2
     n = h * w
@@ -255,7 +259,7 @@ def received_attention(attn_mod, hidden: torch.Tensor, position_embeddings, grid
         for qf, kf in zip(q.split(n), k.split(n))])                                        # [S], window order
     attn = received.view(-1, unit).mean(1)
     metric = k_raw.float().mean(1).view(-1, unit, attn_mod.head_dim).mean(1)
-    return {"attn": _to_raster(attn, grid_thw, vision_cfg), "metric": _to_raster(metric, grid_thw, vision_cfg)}
+    return {"attn": to_raster(attn, grid_thw, vision_cfg), "metric": to_raster(metric, grid_thw, vision_cfg)}
 
 
 def _window_lengths(n: int, size: int) -> list[int]:

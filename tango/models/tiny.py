@@ -120,6 +120,44 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(model, proc, out_dir)
 
 
+def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
+    """Tiny ``Qwen3VLForConditionalGeneration``: 2-block ViT (patch 16, learned 8x8 position grid, DeepStack taps
+    after both blocks, so two DeepStack maps are added after decoder layers 0 and 1) + 12-layer Qwen3 text model
+    (``q_norm`` / ``k_norm``, head_dim 16, interleaved M-RoPE sections [4, 2, 2]). The video processor keeps the
+    real checkpoint's settings (``shortest_edge`` 4096, ``longest_edge`` 25165824, fps 2, 4..768 frames) except the
+    per-frame token ceiling ``max_video_tokens`` 16 (real: 768), so a 112 x 112 frame becomes 128 x 128 = 16 merged
+    tokens per temporal patch. Its chat template emits ``<|vision_start|><|video_pad|><|vision_end|>`` for a video,
+    as the real template does."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    tok = byte_tokenizer("qwen")
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=TEXT_LAYERS,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2],
+                                 "mrope_interleaved": True},
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0, 1])
+    cfg = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    pix = dict(size={"shortest_edge": 4096, "longest_edge": 25165824}, patch_size=16, temporal_patch_size=2,
+               merge_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    proc = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pix),
+        video_processor=Qwen3VLVideoProcessor(**pix, fps=2, min_frames=4, max_frames=768, max_video_tokens=16),
+        tokenizer=tok,
+        chat_template=CHAT_TEMPLATE
+        .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
+        .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
+    return _save(model, proc, out_dir)
+
+
 def _save(model, proc, out_dir: str | Path) -> Path:
     # Build next to the target and rename into place, so a reader never sees a half-written checkpoint.
     out_dir = Path(out_dir)

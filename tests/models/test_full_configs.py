@@ -30,6 +30,15 @@ def ov_meta():
 def test_dimensions_and_parameter_count(family):
     cfg = fc.full_config(family)
     t = cfg.text_config
+    if family == "qwen3_vl":  # Qwen3-VL-8B [Q3VL]: 8.77B parameters (its model card)
+        v = cfg.vision_config
+        assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads,
+                t.head_dim, t.vocab_size) == (4096, 12288, 36, 32, 8, 128, 151936)
+        assert t.rope_parameters["rope_theta"] == 5e6 and t.rope_parameters["mrope_section"] == [24, 20, 20]
+        assert (v.depth, v.hidden_size, v.intermediate_size, v.num_heads, v.patch_size, v.out_hidden_size,
+                v.deepstack_visual_indexes) == (27, 1152, 4304, 16, 16, 4096, [8, 16, 24])
+        assert round(fc.param_count(fc.meta_model(family)) / 1e9, 2) == 8.77
+        return
     assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
             t.num_key_value_heads, t.vocab_size) == (3584, 18944, 28, 28, 4, 152064)
     assert t.rope_parameters["rope_theta"] == 1e6
@@ -129,3 +138,53 @@ def test_llava_ov_32_frame_prefill_flops_full_vs_10_percent():
     assert p["flops_llm"] / t["flops_llm"] < 0.1                    # attention shrinks quadratically
     total_full, total_pruned = sum(t.values()), sum(p.values())
     assert total_full == pytest.approx(119.48, abs=0.02) and total_pruned == pytest.approx(30.08, abs=0.02)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("frames", [16, 32, 64])
+@pytest.mark.parametrize("hw", [(448, 448), (360, 640)])
+def test_qwen3_vl_token_counts_equal_the_processors(frames, hw):
+    """The analytic count (``qwen3_video_grid``, the processor's per-frame cap) equals the offline processor's
+    placeholders and grid for the checkpoint's video settings; one ``<t seconds><|vision_start|>...<|vision_end|>``
+    block per temporal patch."""
+    from tango.models.base import family_spec
+    from tango.models.qwen3_vl import Qwen3VL
+
+    cfg = fc.full_config("qwen3_vl", offline_ids=True)
+    proc = fc.build_processor("qwen3_vl")
+    adapter = Qwen3VL.__new__(Qwen3VL)
+    adapter.processor = proc
+    frames_arr = np.random.default_rng(0).integers(0, 256, (frames, *hw, 3), dtype=np.uint8)
+    from transformers.video_utils import VideoMetadata
+
+    md = VideoMetadata(total_num_frames=frames * 15, fps=30.0, frames_indices=list(range(0, frames * 15, 15)))
+    out = proc(text=adapter.prompt("q"), videos=[frames_arr], return_tensors="pt",
+               videos_kwargs={"do_sample_frames": False, "cap_pixels_per_frame": True, "video_metadata": [md]})
+    assert out["video_grid_thw"].tolist() == [list(fc.qwen3_video_grid(cfg, frames, *hw))]
+    visual, layout = family_spec("qwen3_vl").video_tokens(cfg, frames, hw)
+    assert int((out["input_ids"] == cfg.video_token_id).sum()) == visual
+    assert int((out["input_ids"] == cfg.vision_start_token_id).sum()) * 2 == layout == frames
+
+
+@pytest.mark.unit
+def test_qwen3_vl_analytical_flops_match_flop_counter_on_the_8b_meta_model():
+    from tango.models.qwen3_vl import qwen3_vl_vision_flops
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = fc.meta_model("qwen3_vl")
+    cfg, n = model.config, 3136 + 16 * 15 + 20
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        h = model.model.language_model(inputs_embeds=torch.empty(1, n, 4096, device="meta")).last_hidden_state
+        model.lm_head(h[:, -1:])
+    assert counter.get_total_flops() == llm_prefill_flops(cfg.text_config, n)
+    # The tower cannot run on meta (its position-grid interpolation indexes on the CPU): the 8B tower's widths with
+    # 2 of its 27 blocks, on CPU (FLOPs are linear in depth), against the formula with the same depth.
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
+
+    vcfg = type(cfg.vision_config)(**dict(fc.QWEN3_VL_8B_VISION, depth=2, deepstack_visual_indexes=[0, 1]))
+    tower = Qwen3VLVisionModel._from_config(vcfg).eval()
+    thw = (2, 8, 12)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        tower(torch.randn(2 * 8 * 12, 1536), grid_thw=torch.tensor([thw]))
+    f = qwen3_vl_vision_flops(vcfg, thw)
+    assert counter.get_total_flops() == f["flops_vision"] + f["flops_projector"]

@@ -191,13 +191,14 @@ def test_dycoke_through_the_adapter_runs_both_stages(tiny_llava_dir):
     assert gen.stats["kv_steps"] == gen.stats["new_tokens"] - 1 and gen.stats["kv_pruned_steps"] >= 1
 
 
-@pytest.mark.parametrize("family", ["llava_ov", "qwen2_5_vl"])  # llava_video shares llava_ov's decoder class
-def test_every_familys_attention_row_equals_its_eager_attention(family, tiny_llava_dir, tiny_qwen_dir):
+@pytest.mark.parametrize("family", ["llava_ov", "qwen2_5_vl", "qwen3_vl"])  # llava_video: llava_ov's decoder
+def test_every_familys_attention_row_equals_its_eager_attention(family, tiny_llava_dir, tiny_qwen_dir, cache_dir):
     """The row in-LLM methods select from, through the helper ``DecoderView`` picks by ``config.model_type``."""
     from tango.hooks import DecoderView
-    from tango.models.base import load_adapter
+    from tango.models.base import ensure_tiny_checkpoint, load_adapter
 
-    path = tiny_llava_dir if family == "llava_ov" else tiny_qwen_dir
+    path = {"llava_ov": tiny_llava_dir, "qwen2_5_vl": tiny_qwen_dir}.get(family) or ensure_tiny_checkpoint(
+        family, cache_dir / "models" / f"tiny_{family}")
     adapter = load_adapter(family, pretrained=str(path), device=torch.device("cpu"), dtype="float32",
                            attn_implementation="eager")
     lm = adapter.model.model.language_model

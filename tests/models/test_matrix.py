@@ -122,10 +122,10 @@ def test_holitom_inner_merge_halves_the_span_at_layer_k(adapters, clip, family):
     assert gen.stats["tokens_layer_avg"] == (4 * out + (n_layers - 4) * after) / n_layers
 
 
-@pytest.mark.parametrize("family", ["llava_ov", "llava_video", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_ov", "llava_video", "qwen2_5_vl", "qwen3_vl"])
 def test_flashvid_inner_stage_keeps_ceil_of_its_share_from_layer_k(adapters, clip, family):
     """FlashVID's in-LLM stage (fastv_prune): from layer K on, ceil(0.3 n) of the n prunable span positions remain
-    (LLaVA-OV, Qwen2.5-VL: the visual tokens; LLaVA-Video: its span, newlines included)."""
+    (LLaVA-OV, Qwen: the visual tokens; LLaVA-Video: its span, newlines included)."""
     adapter = adapters[family]
     m = OmegaConf.to_object(compose([f"model={FAMILIES[family]}", "method=flashvid", "budget=0.3",
                                      "method.inner_llm=true", "method.pruning_layer=4"]).method)

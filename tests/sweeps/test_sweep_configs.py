@@ -60,7 +60,7 @@ def test_every_experiment_composes_into_distinct_cells(experiment, results):
     if experiment in EXPECTED:
         assert (len(combinations(overrides)), len(cells)) == EXPECTED[experiment]
     if experiment == "main":
-        assert len(combinations([f"experiment={experiment}"])) == 576
+        assert len(combinations([f"experiment={experiment}"])) == 768
 
 
 @pytest.mark.config
