@@ -29,7 +29,8 @@ def lm_kwargs(cfg: DictConfig) -> dict:
     adapter = load_adapter(m.family, pretrained=m.pretrained, device=resolve_device(cfg.device), dtype=m.dtype,
                            attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed, **extra)
     return dict(adapter=adapter, method=OmegaConf.to_object(cfg.method), budget=effective_budget(cfg),
-                num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend, max_new_tokens=m.max_new_tokens)
+                num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend, max_new_tokens=m.max_new_tokens,
+                frame_sampling=m.frame_sampling)
 
 
 def build_lm(cfg: DictConfig) -> PrunedVideoLM:

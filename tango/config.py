@@ -28,6 +28,7 @@ class ModelConfig:
     tiny: bool = False                    # build a random tiny checkpoint offline at `pretrained` if it is missing
     num_frames: int = 32                  # frames sampled uniformly (linspace(0, n-1, num_frames))
     fps: Optional[float] = None           # sample at this rate instead (Qwen2.5-VL: 2), capped at num_frames
+    frame_sampling: str = "uniform"       # uniform (lmms-eval LLaVA wrappers) | qwen_vl_utils (its Qwen wrappers)
     dtype: str = "bfloat16"               # bfloat16 | float16 | float32
     attn_implementation: str = "sdpa"     # sdpa | flash_attention_2 | eager
     video_backend: str = "decord"         # decord | pyav
@@ -150,7 +151,7 @@ def validate(cfg: Any) -> None:
     from tango.data.synthetic import check_args as check_synthetic
     from tango.methods.base import check_budget
     from tango.models.base import ADAPTERS
-    from tango.video import BACKENDS
+    from tango.video import BACKENDS, FRAME_SAMPLINGS
 
     def choice(key: str, value, valid) -> None:
         if value not in valid:
@@ -175,6 +176,7 @@ def validate(cfg: Any) -> None:
     choice("model.dtype", m.dtype, DTYPES)
     choice("model.attn_implementation", m.attn_implementation, ATTN_IMPLEMENTATIONS)
     choice("model.video_backend", m.video_backend, BACKENDS)
+    choice("model.frame_sampling", m.frame_sampling, FRAME_SAMPLINGS)
     at_least("model.max_new_tokens", m.max_new_tokens, 1)
     at_least("limit", cfg.limit, 1, optional=True)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
@@ -251,12 +253,19 @@ def _check_data_root(task: Any) -> None:
 # Keys that cannot change a result: where it is written, how it is logged, and how the call behaves.
 # ``experiment`` and ``variant`` are labels: the settings a variant names are in the identity already.
 NON_RESULT_KEYS = ("paths", "logger", "force", "dry_run", "fail_fast", "run_key", "experiment", "variant")
+#: settings added after runs were recorded -> the value that reproduces the behaviour before they existed. At that
+#: value they are left out of a run's identity, so finished runs recorded before still match (and resume); any other
+#: value is a different configuration.
+ADDED_LATER = {("model", "frame_sampling"): "uniform"}
 
 
 def identity(cfg: Any) -> dict:
     """Everything in the resolved config that can change a result (the cell's identity beyond its run key)."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     out = {k: v for k, v in container.items() if k not in NON_RESULT_KEYS and k != "hydra"}
+    for (group, key), before in ADDED_LATER.items():
+        if isinstance(out.get(group), dict) and out[group].get(key) == before:
+            out[group] = {k: v for k, v in out[group].items() if k != key}
     task = out.get("task") or {}
     if task.get("synthetic") is not None or task.get("data_root") is not None:
         # A generated task's folder is named after its data source under the cache dir: where it lies is not data.

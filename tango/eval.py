@@ -23,10 +23,12 @@ class PrunedVideoLM(lmms):
     is_simple = True
 
     def __init__(self, adapter, method: PruningMethod, budget: float, num_frames: int, fps: float | None = None,
-                 video_backend: str = "decord", max_new_tokens: int = 16, progress: bool = True):
+                 video_backend: str = "decord", max_new_tokens: int = 16, progress: bool = True,
+                 frame_sampling: str = "uniform"):
         super().__init__()
         self.adapter, self.method, self.budget = adapter, method, check_budget(budget)
         self.num_frames, self.fps, self.video_backend = num_frames, fps, video_backend
+        self.frame_sampling = frame_sampling
         self.max_new_tokens, self.progress = max_new_tokens, progress
         self.request_stats: dict[tuple[str, int], dict] = {}
 
@@ -38,7 +40,8 @@ class PrunedVideoLM(lmms):
             raise ValueError(f"{task} doc {doc_id}: expected exactly one video path from doc_to_visual, got "
                              f"{[type(v).__name__ for v in visuals]}")
         try:
-            clip = read_clip(visuals[0], self.num_frames, backend=self.video_backend, fps=self.fps)
+            clip = read_clip(visuals[0], self.num_frames, backend=self.video_backend, fps=self.fps,
+                             sampling=self.frame_sampling)
             return clip, self.adapter.prepare(clip, ctx), None
         except Exception as e:  # unreadable / empty video: decoders raise many types
             return None, None, f"{type(e).__name__}: {e} ({visuals[0]})"
@@ -78,7 +81,8 @@ class PrunedVideoLM(lmms):
     def answer(self, video: str, question: str, max_new_tokens: int | None = None) -> str:
         """One answer, outside lmms-eval: decode ``video`` as a run would, prune, generate. Per-request figures
         (tokens, latency) are in ``self.last_stats``."""
-        clip = read_clip(video, self.num_frames, backend=self.video_backend, fps=self.fps)
+        clip = read_clip(video, self.num_frames, backend=self.video_backend, fps=self.fps,
+                         sampling=self.frame_sampling)
         gen = self.adapter.generate(self.adapter.prepare(clip, question), clip, self.method, self.budget,
                                     max_new_tokens=max_new_tokens or self.max_new_tokens)
         self.last_stats = gen.stats

@@ -42,6 +42,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "dtype": ("", "model dtype"),
     "attn_implementation": ("", "attention backend (sdpa, flash_attention_2, eager)"),
     "video_backend": ("", "video decoder (pyav, decord, torchvision)"),
+    "frame_sampling": ("", "which frames are decoded: uniform (linspace truncated) or qwen_vl_utils (its frame count, "
+                           "linspace rounded)"),
     "prompt_variant": ("", "prompt template variant"),
     "method_hparams": ("", "the method's hyperparameters, one JSON object"),
     "config_hash": ("", "16 hex digits of the sha256 of every result-relevant config value (resume identity)"),

@@ -275,7 +275,7 @@ def _identity(cfg: DictConfig, method, budget: float) -> dict:
     return {
         **_cell(cfg, method.name, budget),
         "num_frames": m.num_frames, "fps": m.fps, "dtype": m.dtype, "attn_implementation": m.attn_implementation,
-        "video_backend": m.video_backend, "prompt_variant": m.prompt_variant,
+        "video_backend": m.video_backend, "frame_sampling": m.frame_sampling, "prompt_variant": m.prompt_variant,
         "method_hparams": _hparams(cfg), "config_hash": config_hash(cfg),
         **_versions(cfg.paths.root_dir),
     }

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 BACKENDS = ("decord", "pyav")
+#: ``model.frame_sampling``: which frames :func:`sample_indices` picks (module doc of :func:`sample_indices`).
+FRAME_SAMPLINGS = ("uniform", "qwen_vl_utils")
 #: A decoded video may be short of its header's frame count by this fraction (edit lists can trim a few leading
 #: frames of a valid file); a larger shortfall is a truncated or corrupt file and an error, not fewer frames.
 MAX_FRAME_SHORTFALL = 0.02
@@ -47,17 +49,35 @@ class Clip:
         return len(self.indices) - len(np.unique(self.indices))
 
 
-def sample_indices(total_frames: int, num_frames: int, avg_fps: float, fps: float | None = None) -> np.ndarray:
-    """Frame indices to decode: ``linspace(0, total-1, num_frames)`` truncated to int, as lmms-eval's LLaVA wrappers
-    do; with ``fps`` set, one frame every ``avg_fps / fps`` source frames, capped at ``num_frames`` (uniform over the
-    whole video when the cap binds)."""
+def sample_indices(total_frames: int, num_frames: int, avg_fps: float, fps: float | None = None,
+                   sampling: str = "uniform") -> np.ndarray:
+    """Frame indices to decode.
+
+    ``sampling="uniform"`` (lmms-eval's LLaVA wrappers): ``linspace(0, total-1, num_frames)`` truncated to int; with
+    ``fps`` set, one frame every ``avg_fps / fps`` source frames, capped at ``num_frames`` (uniform over the whole
+    video when the cap binds).
+
+    ``sampling="qwen_vl_utils"`` (lmms-eval's ``qwen2_5_vl`` / ``qwen3_vl`` chat wrappers): the frame count is
+    qwen-vl-utils' own ``smart_nframes`` -- without ``fps`` the wrapper's ``nframes = min(num_frames, total)`` floored
+    to an even count (at least 2); with ``fps`` its rule (``fps`` per second, at least 4 and at most ``num_frames``,
+    floored to even) -- and the indices are ``linspace(0, total-1, n)`` **rounded**, as its readers do."""
     if total_frames < 1:
         raise ValueError(f"video has total_frames={total_frames}; need at least 1")
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}; need at least 1")
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps={fps}; need a positive frame rate")
+    if sampling == "qwen_vl_utils":
+        import torch
+        from qwen_vl_utils.vision_process import smart_nframes
+
+        ele = ({"nframes": max(2, min(num_frames, total_frames) // 2 * 2)} if fps is None
+               else {"fps": fps, "max_frames": num_frames})
+        n = smart_nframes(ele, total_frames=total_frames, video_fps=avg_fps)
+        return torch.linspace(0, total_frames - 1, n).round().long().numpy()
+    if sampling != "uniform":
+        raise ValueError(f"frame_sampling={sampling!r}; valid: {list(FRAME_SAMPLINGS)}")
     if fps is not None:
-        if fps <= 0:
-            raise ValueError(f"fps={fps}; need a positive frame rate")
         n = max(1, int(total_frames / avg_fps * fps))
         num_frames = min(num_frames, n)
     return np.linspace(0, total_frames - 1, num_frames, dtype=int)
@@ -81,9 +101,9 @@ def check_frame_count(path: str, decoded: int, declared: int) -> None:
                                f"corrupt video {path}")
 
 
-def _pyav_pass(path: str, plan: tuple[int, int, float | None] | None) -> tuple[int, float, dict[int, np.ndarray]]:
+def _pyav_pass(path: str, plan: tuple | None) -> tuple[int, float, dict[int, np.ndarray]]:
     """Decode every frame of ``path`` with PyAV, converting to RGB only the frames :func:`sample_indices` picks for
-    ``plan = (total, num_frames, fps)`` (none when ``plan`` is None: a counting pass). Memory holds the sampled
+    ``plan = (total, num_frames, fps, sampling)`` (none when ``plan`` is None: a counting pass). Memory holds the sampled
     frames only, not the video (a one-hour 720p video is ~290 GB of RGB frames).
 
     Returns:
@@ -94,7 +114,7 @@ def _pyav_pass(path: str, plan: tuple[int, int, float | None] | None) -> tuple[i
     with av.open(path) as container:
         stream = container.streams.video[0]
         avg_fps = float(stream.average_rate or stream.guessed_rate)
-        wanted = set() if plan is None else set(sample_indices(plan[0], plan[1], avg_fps, plan[2]).tolist())
+        wanted = set() if plan is None else set(sample_indices(plan[0], plan[1], avg_fps, *plan[2:]).tolist())
         kept, total = {}, 0
         for frame in container.decode(stream):
             if total in wanted:
@@ -103,8 +123,9 @@ def _pyav_pass(path: str, plan: tuple[int, int, float | None] | None) -> tuple[i
     return total, avg_fps, kept
 
 
-def read_clip(path: str | Path, num_frames: int, backend: str = "decord", fps: float | None = None) -> Clip:
-    """Decode ``num_frames`` frames of ``path`` chosen by :func:`sample_indices`; raises
+def read_clip(path: str | Path, num_frames: int, backend: str = "decord", fps: float | None = None,
+              sampling: str = "uniform") -> Clip:
+    """Decode the frames of ``path`` that :func:`sample_indices` picks (``sampling``); raises
     :class:`VideoDecodeError` when the file decodes to fewer frames than its header declares."""
     path = str(path)
     if not Path(path).is_file():
@@ -116,17 +137,17 @@ def read_clip(path: str | Path, num_frames: int, backend: str = "decord", fps: f
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         total, avg_fps = len(vr), float(vr.get_avg_fps())
         check_frame_count(path, total, declared)
-        idx = sample_indices(total, num_frames, avg_fps, fps)
+        idx = sample_indices(total, num_frames, avg_fps, fps, sampling)
         frames = vr.get_batch(idx.tolist()).asnumpy()
     elif backend == "pyav":
         # Every frame is decoded (seeking is not frame-exact), but only the sampled ones are converted and kept.
         # The indices come from the header's count; a stream that decodes to another count (within the tolerance)
         # is read a second time with the indices of its true count.
-        total, avg_fps, kept = _pyav_pass(path, None if not declared else (declared, num_frames, fps))
+        total, avg_fps, kept = _pyav_pass(path, None if not declared else (declared, num_frames, fps, sampling))
         check_frame_count(path, total, declared)
-        idx = sample_indices(total, num_frames, avg_fps, fps)
+        idx = sample_indices(total, num_frames, avg_fps, fps, sampling)
         if not set(idx.tolist()) <= kept.keys():
-            _, _, kept = _pyav_pass(path, (total, num_frames, fps))
+            _, _, kept = _pyav_pass(path, (total, num_frames, fps, sampling))
         frames = np.stack([kept[i] for i in idx])
     else:
         raise ValueError(f"video backend {backend!r}; valid: {list(BACKENDS)}")

@@ -39,6 +39,8 @@ CATALOGUE: list[BadInput] = [
     BadInput("model.num_frames=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
     BadInput("model.fps=0", "model.fps=0.0 must be > 0"),
     BadInput("model.video_backend=foo", "model.video_backend='foo' is not one of the valid values ['decord', 'pyav']"),
+    BadInput("model.frame_sampling=foo",
+             "model.frame_sampling='foo' is not one of the valid values ['uniform', 'qwen_vl_utils']"),
     BadInput("model.dtype=fp8", "model.dtype='fp8' is not one of the valid values"),
     BadInput("model.attn_implementation=flash", "model.attn_implementation='flash' is not one of the valid values"),
     BadInput("model.max_new_tokens=0", "model.max_new_tokens=0 must be >= 1"),

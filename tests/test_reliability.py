@@ -219,3 +219,18 @@ def test_one_bad_sample_never_sinks_the_run(tmp_path, cache_dir, monkeypatch, ca
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["short_video"] is True and samples[0]["frames_repeated"] == 7
     assert [s.get("short_video") for s in samples[2:]] == [False, False] and record["n_short_videos"] == 1
+
+
+def test_a_setting_added_later_matches_runs_recorded_before_it_only_at_its_old_behaviour():
+    """``model.frame_sampling`` did not exist before; at ``uniform`` (the old behaviour) a config without it is the
+    same cell, at any other value it is a different configuration (a resume would refuse the old record)."""
+    from omegaconf import OmegaConf
+
+    from tango.config import identity, identity_diff
+
+    new = compose(["model=tiny_llava_ov"])
+    old = OmegaConf.to_container(new, resolve=True)
+    del old["model"]["frame_sampling"]
+    assert new.model.frame_sampling == "uniform" and identity_diff(identity(old), identity(new)) == []
+    qwen = compose(["model=tiny_llava_ov", "model.frame_sampling=qwen_vl_utils"])
+    assert identity_diff(identity(old), identity(qwen)) == ["model.frame_sampling: '<unset>' -> 'qwen_vl_utils'"]

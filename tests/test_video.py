@@ -47,6 +47,23 @@ def test_bad_sampling_arguments(bad):
         sample_indices(**bad)
 
 
+def test_qwen_vl_utils_sampling_is_the_librarys_own(video):
+    """``sampling="qwen_vl_utils"``: the frames qwen-vl-utils' own decord reader returns (what lmms-eval's Qwen chat
+    wrappers feed the processor), with ``nframes = min(num_frames, total)`` floored to even, or by ``fps``."""
+    from qwen_vl_utils.vision_process import _read_video_decord
+
+    for num_frames, fps in [(8, None), (7, None), (64, None), (16, 2.0), (4, 2.0)]:
+        ele = {"video": str(video), **({"nframes": max(2, min(num_frames, 40) // 2 * 2)} if fps is None
+                                       else {"fps": fps, "max_frames": num_frames})}
+        _, meta, _ = _read_video_decord(ele)
+        clip = read_clip(video, num_frames, backend="pyav", fps=fps, sampling="qwen_vl_utils")
+        assert clip.indices.tolist() == meta["frames_indices"], (num_frames, fps)
+    assert sample_indices(40, 8, 10.0, sampling="qwen_vl_utils").tolist() == [0, 6, 11, 17, 22, 28, 33, 39]
+    assert sample_indices(40, 8, 10.0).tolist() == [0, 5, 11, 16, 22, 27, 33, 39]  # uniform truncates
+    with pytest.raises(ValueError, match=r"frame_sampling='qwen'; valid: \['uniform', 'qwen_vl_utils'\]"):
+        sample_indices(40, 8, 10.0, sampling="qwen")
+
+
 def test_decoders_agree(video):
     a = read_clip(video, 8, backend="decord")
     b = read_clip(video, 8, backend="pyav")
