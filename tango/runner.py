@@ -330,12 +330,24 @@ def _error_summary(samples: list[dict]) -> str:
             + ' (samples.jsonl: "error")')
 
 
+def _published_line(record: dict, cfg: DictConfig) -> str:
+    """For a full-token run, the published full-token numbers of this checkpoint and benchmark (the reference CSVs in
+    ``results/tables/references/``), so a baseline out of the expected range shows at once."""
+    if record.get("method") != "none":
+        return ""
+    from tango.report.compare import full_token_references
+
+    refs = full_token_references(cfg.model.name, cfg.task.name)
+    return "".join(f"  published       {v:.1f} full tokens ({src})\n" for v, src in refs)
+
+
 def _print_summary(record: dict, samples: list[dict], run_dir: Path, cfg: DictConfig) -> None:
     def f(v, spec=".1f"):
         return "n/a" if v is None else format(v, spec)
     print(f"[tango] {record['run_key']}\n"
           f"  accuracy        {f(record['accuracy'])} ({record['metric']}, n={record['n_samples']})\n"
-          f"  visual tokens   {f(record['visual_tokens_out'])} / {f(record['visual_tokens_in'])} at the LLM input, "
+          + _published_line(record, cfg)
+          + f"  visual tokens   {f(record['visual_tokens_out'])} / {f(record['visual_tokens_in'])} at the LLM input, "
           f"{f(record['visual_tokens_layer_avg'])} averaged over layers (retention {f(record['retention'], '.3f')})\n"
           + (f"  WARNING         realised retention {100 * record['retention']:.1f} % is "
              f"{record['budget_gap']:+.1f} points off the budget {100 * record['budget']:g} %\n"

@@ -144,3 +144,19 @@ def test_readme_blocks_are_generated_from_the_records():
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_readme.py"), "--check"], capture_output=True,
                        text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_a_full_token_run_prints_the_published_full_token_numbers_of_its_checkpoint_and_benchmark(capsys):
+    from tango.config import compose
+    from tango.report.compare import full_token_references
+    from tango.runner import _published_line
+
+    (ov,) = full_token_references("llava_ov", "videomme")
+    assert ov[0] == 58.6 and "HoliTom" in ov[1]
+    assert [v for v, _ in full_token_references("qwen3_vl", "mlvu")] == [63.5]
+    assert full_token_references("llava_video", "videomme") == []          # none published in the shipped files
+    assert full_token_references("llava_ov", "videomme_local") == []       # a local stand-in is not the benchmark
+    cfg = compose(["model=llava_ov", "task=videomme", "method=none"])
+    line = _published_line({"method": "none"}, cfg)
+    assert line.startswith("  published       58.6 full tokens (") and "HoliTom" in line
+    assert _published_line({"method": "tango"}, cfg) == ""

@@ -150,3 +150,21 @@ def compare_table(ok: pd.DataFrame, reference: pd.DataFrame, label: str = "refer
     t.data = pd.DataFrame(numeric)
     return t
 
+
+
+#: the published tables shipped with the harness (``--compare`` inputs; their ``none`` rows are full-token baselines)
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "tables" / "references"
+
+
+def full_token_references(model: str, task: str, paths=None) -> list[tuple[float, str]]:
+    """Published full-token (``method=none``) accuracies of harness model ``model`` on benchmark ``task`` in the
+    reference CSVs (default: every file in ``results/tables/references/``), as ``(value, source)``; empty when none
+    exists; ``source`` is the file's ``# source:`` citation. Only exact benchmark keys match (a ``*_local`` stand-in is
+    not the benchmark)."""
+    out = []
+    for path in sorted(REFERENCE_DIR.glob("*.csv")) if paths is None else paths:
+        ref, label = read_reference(path)  # label: the file's "# source:" citation
+        rows = ref[(ref["model"] == model) & (ref["method"] == "none") & (ref["task"] == task) &
+                   (ref["metric"] == "accuracy")]
+        out += [(float(v), label) for v in rows["value"]]
+    return out
