@@ -11,10 +11,19 @@ code does. The full ``position_ids [3, 1, S]`` of the unpruned prompt come from 
 columns of the kept text positions are kept, and the video columns are replaced by the ids of each output token's
 source token (``Selection.indices``, so merged tokens take their representative's position). They are passed to
 ``generate`` as a **3-row** tensor: ``generate`` extends them by ``last + 1`` per decode step, so decoding continues
-exactly where the unpruned prompt would (``rope_deltas`` of the unpruned prompt). ``model.model.rope_deltas`` is set
-to ``max(kept positions) + 1 - S'`` as well, which is what the model itself would store, so a manual ``forward``
-loop with a cache also continues correctly. With every token kept this is bit-exact with
+exactly where the unpruned prompt's would. With every token kept this is bit-exact with
 ``model.generate(**processor_inputs)`` (tested).
+
+M-RoPE convention (explicit; tested on a clip whose temporal ids outrun the text): the harness reproduces
+transformers 5.23 -- the model's own ``generate`` and so lmms-eval's ``qwen2_5_vl`` wrapper on this version: text
+after the video starts at ``base + max(grid_h, grid_w) / merge`` (``get_rope_index``) even when the temporal ids
+``t * tokens_per_second * second_per_grid`` go higher, and decoding continues at the **last** prompt position + 1.
+transformers 4.x (the authors' Qwen code: Tango, FastVID on 4.51, FlashVID on 4.57) and vLLM start that text at
+``max(t, h, w) + 1`` and decode at ``max + 1`` (``rope_deltas``). The two agree whenever the prompt's last position
+is its maximum, i.e. the temporal extent ``t_max`` stays below ``max(grid_h, grid_w) / merge``; otherwise the text
+after the video and every generated token sit at other positions (different logits; the answer can change).
+``model.model.rope_deltas`` is set to ``last + 1 - S'`` (the model would store ``max + 1 - S``), so a manual
+``forward`` loop with a cache continues where ``generate`` does (tested).
 
 In-LLM stages are the method's own ``decoder_hooks`` (:mod:`tango.hooks`): the M-RoPE ``(cos, sin)`` the text layers
 receive are already combined to ``(B, S, head_dim)``, so gathering them by kept position keeps each token's original
@@ -156,8 +165,8 @@ class Qwen25VL(VideoAdapter):
         embeds = self.model.get_input_embeddings()(ids_p)
         is_video_p = ids_p == self.video_token_id
         embeds[is_video_p] = sel.tokens.to(embeds.dtype)
-        # What the model itself stores after a prefill; generate() does not read it when position_ids are passed.
-        self.model.model.rope_deltas = (pos_p.amax(dim=(0, 2)) + 1 - ids_p.shape[1])[:, None]
+        # Where generate() continues (last + 1; module doc), for manual cached forward loops that read rope_deltas.
+        self.model.model.rope_deltas = (pos_p[:, :, -1].amax(0) + 1 - ids_p.shape[1])[:, None]
 
         text, stats, per_layer, ms = prefill_and_decode(
             self.model, self.processor, sw, t_start, embeds=embeds, ids=ids_p, sel=sel, method=method, budget=budget,

@@ -152,7 +152,7 @@ class Qwen3VL(Qwen25VL):
         embeds = self.model.get_input_embeddings()(ids_p)
         is_video_p = ids_p == self.video_token_id
         embeds[is_video_p] = tokens.to(embeds.dtype)
-        self.model.model.rope_deltas = (pos_p[1:].amax(dim=(0, 2)) + 1 - ids_p.shape[1])[:, None]
+        self.model.model.rope_deltas = (pos_p[1:, :, -1].amax(0) + 1 - ids_p.shape[1])[:, None]  # last + 1 = max + 1
         visual_pos = torch.nonzero(is_video_p[0])[:, 0]
         maps = [feats[0][indices] for feats in out.deepstack_features]
 

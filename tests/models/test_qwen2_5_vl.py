@@ -335,3 +335,44 @@ def test_llm_flops_match_the_counter(eager_model):
     got = counted(lambda: eager_model(inputs_embeds=emb, position_ids=torch.arange(33).expand(3, 1, 33),
                                       logits_to_keep=1))
     assert got == llm_prefill_flops(eager_model.config.text_config, 33)
+
+
+def test_mrope_convention_is_transformers_5_when_temporal_ids_outrun_the_text(adapter):
+    """16 frames 3 s apart: temporal ids reach 175 while the text after the video starts at base + max(h, w)/merge.
+    The harness decodes where the model's own ``generate`` does (last + 1 = 27, 28), not at transformers 4.x's /
+    vLLM's max + 1 (176); a manual cached loop reading the ``rope_deltas`` it leaves continues there too."""
+    frames = np.random.RandomState(0).randint(0, 255, (16, 112, 84, 3), dtype=np.uint8)
+    idx = np.arange(16) * 30
+    far = Clip(frames, idx, idx / 10.0, 10.0, 480)
+    inputs = adapter.prepare(far, "q?")
+    lm = adapter.model.model.language_model
+    runs = {}
+    for who in ("own", "harness"):  # the harness last: the rope_deltas it leaves are checked below
+        seen = []
+        h = lm.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"][-3:].clone()), with_kwargs=True)
+        try:
+            with torch.inference_mode(), StepLogits(adapter.model) as steps:
+                if who == "own":
+                    adapter.model.generate(**inputs, max_new_tokens=3, do_sample=False)
+                else:
+                    adapter.generate(inputs, far, build_method("none"), 1.0, max_new_tokens=3)
+        finally:
+            h.remove()
+        runs[who] = (seen, steps)
+    (seen, steps), (own_seen, own_steps) = runs["harness"], runs["own"]
+    prefill = seen[0][:, 0]
+    assert int(prefill.max()) == 175 and prefill[:, -1].tolist() == [26, 26, 26]
+    assert [s[:, 0, 0].tolist() for s in seen[1:]] == [[27] * 3, [28] * 3]
+    assert all(torch.equal(a, b) for a, b in zip(seen, own_seen))
+    assert all(torch.equal(a, b) for a, b in zip(steps, own_steps))
+    m = adapter.model
+    with torch.inference_mode():
+        ids = inputs["input_ids"]
+        emb = m.get_input_embeddings()(ids)
+        emb[ids == adapter.video_token_id] = m.model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_grid_thw"]).pooler_output[0]
+        pre = m(inputs_embeds=emb, position_ids=seen[0], use_cache=True, logits_to_keep=1)
+        nxt = torch.tensor([[int(steps[0].argmax())]])
+        step1 = m(inputs_embeds=m.get_input_embeddings()(nxt), past_key_values=pre.past_key_values,
+                  use_cache=True).logits[:, -1]
+    torch.testing.assert_close(step1, steps[1], rtol=1e-5, atol=1e-5)
