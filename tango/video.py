@@ -103,8 +103,8 @@ def check_frame_count(path: str, decoded: int, declared: int) -> None:
 
 def _pyav_pass(path: str, plan: tuple | None) -> tuple[int, float, dict[int, np.ndarray]]:
     """Decode every frame of ``path`` with PyAV, converting to RGB only the frames :func:`sample_indices` picks for
-    ``plan = (total, num_frames, fps, sampling)`` (none when ``plan`` is None: a counting pass). Memory holds the sampled
-    frames only, not the video (a one-hour 720p video is ~290 GB of RGB frames).
+    ``plan = (total, num_frames, fps, sampling)`` (none when ``plan`` is None: a counting pass). Memory holds the
+    sampled frames only, not the video (a one-hour 720p video is ~290 GB of RGB frames).
 
     Returns:
         ``(frames decoded, average fps, {index: [H, W, 3] uint8})``.

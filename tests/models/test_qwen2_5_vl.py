@@ -349,7 +349,8 @@ def test_mrope_convention_is_transformers_5_when_temporal_ids_outrun_the_text(ad
     runs = {}
     for who in ("own", "harness"):  # the harness last: the rope_deltas it leaves are checked below
         seen = []
-        h = lm.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"][-3:].clone()), with_kwargs=True)
+        h = lm.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"][-3:].clone()),
+                                         with_kwargs=True)
         try:
             with torch.inference_mode(), StepLogits(adapter.model) as steps:
                 if who == "own":
