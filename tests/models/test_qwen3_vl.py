@@ -215,3 +215,19 @@ def test_llm_flops_match_the_counter(eager_model):
         h = eager_model.model.language_model(inputs_embeds=embeds).last_hidden_state
         eager_model.lm_head(h[:, -1:])
     assert counter.get_total_flops() == llm_prefill_flops(eager_model.config.text_config, 33)
+
+
+def test_an_in_llm_drop_inside_the_deepstack_layers_runs_and_leaves_no_hook(adapter, inputs, clip):
+    """FastV at K = 1 drops before the second DeepStack layer (maps re-indexed); every hook is gone afterwards."""
+    from omegaconf import OmegaConf
+
+    from tango.config import compose
+
+    m = OmegaConf.to_object(compose(["model=tiny_qwen3_vl", "method=fastv", "budget=0.25"]).method)
+    assert m.layer == 1 < len(adapter.model.config.vision_config.deepstack_visual_indexes)
+    before = {n: (tuple(x._forward_hooks), tuple(x._forward_pre_hooks)) for n, x in adapter.model.named_modules()}
+    gen = adapter.generate(inputs, clip, m, 0.25, max_new_tokens=2)
+    after = {n: (tuple(x._forward_hooks), tuple(x._forward_pre_hooks)) for n, x in adapter.model.named_modules()}
+    assert after == before
+    n_layers = adapter.model.config.text_config.num_hidden_layers
+    assert gen.stats["tokens_layer_avg"] == (60 + (n_layers - 1) * gen.stats["tokens_after_layer"]) / n_layers
