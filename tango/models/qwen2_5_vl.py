@@ -72,12 +72,16 @@ class Qwen25VL(VideoAdapter):
                       offline_processor=full_configs.qwen2_5_vl_processor, build_tiny=build_tiny_qwen2_5_vl,
                       video_tokens=_video_tokens, prefill_flops=_prefill_flops)
 
+    #: ``(rows [T * L, ...], grid_thw, vision_cfg) -> [T, L, ...]`` for the attention sources; None: undo the window
+    #: permutation (:func:`_to_raster`).
+    to_raster = None
+
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
-        from transformers import Qwen2_5_VLForConditionalGeneration
+        import transformers
 
-        self._setup(*load_pretrained(Qwen2_5_VLForConditionalGeneration, self.family, pretrained, device, dtype,
-                                     attn_implementation, tiny, seed), device)
+        self._setup(*load_pretrained(getattr(transformers, self.spec.hf_class), self.family, pretrained, device,
+                                     dtype, attn_implementation, tiny, seed), device)
 
     def _setup(self, model, processor, device) -> None:
         super()._setup(model, processor, device)
@@ -123,21 +127,25 @@ class Qwen25VL(VideoAdapter):
         if source not in sources:
             raise ValueError(f"attention source {source!r}; valid: {sorted(sources)}")
         visual = self.model.model.visual
-        block = visual.blocks[visual.fullatt_block_indexes[-1]]
 
         def hook(mod, args, kwargs, out):
             hidden = args[0] if args else kwargs["hidden_states"]
-            captured.update(sources[source](mod, hidden, kwargs["position_embeddings"], grid_thw, visual.config))
+            captured.update(sources[source](mod, hidden, kwargs["position_embeddings"], grid_thw, visual.config,
+                                            to_raster=self.to_raster))
 
-        handle = block.attn.register_forward_hook(hook, with_kwargs=True)
+        handle = self._attention_block(visual).attn.register_forward_hook(hook, with_kwargs=True)
         try:
             yield captured
         finally:
             handle.remove()
 
-    @torch.inference_mode()
-    def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
-                 max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
+    def _attention_block(self, visual):
+        """The ViT block the attention sources read: the last full-attention one."""
+        return visual.blocks[visual.fullatt_block_indexes[-1]]
+
+    def _encode_and_prune(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float):
+        """One request's vision tower (with the method's attention source captured) and the method, timed:
+        ``(stopwatch, start mark, (grid_t, grid_h, grid_w), L, tower output, Selection)``."""
         self.check_method(method)
         ids = inputs["input_ids"]
         thw = inputs["video_grid_thw"]
@@ -152,7 +160,8 @@ class Qwen25VL(VideoAdapter):
         t_start = sw.now()
         source = method.attention_source if method.needs_attention else None
         with self._capture_attention(source, thw) as cap, sw("vision"):
-            video = self.model.model.get_video_features(inputs["pixel_values_videos"], thw).pooler_output[0]
+            out = self.model.model.get_video_features(inputs["pixel_values_videos"], thw)
+        video = out.pooler_output[0]
         x = video.view(n, length, video.shape[-1])
         timestamps = self.timestamps(clip, n).to(self.device)
         metric = cap.get("metric")
@@ -160,7 +169,24 @@ class Qwen25VL(VideoAdapter):
             metric = x.mean(dim=1)
         with sw("pruning"):
             sel = method.prune(x, budget=budget, attn=cap.get("attn"), timestamps=timestamps, grid=grid, metric=metric)
+        return sw, t_start, (n, gh, gw), length, out, sel
 
+    def _prefill_flops(self, thw, per_layer) -> dict:
+        return qwen2_5_vl_prefill_flops(self.model.config, thw, per_layer)
+
+    def _finish(self, text: str, stats: dict, per_layer, ms: dict, thw) -> Generation:
+        """Add the prefill FLOPs (exact and the papers' convention) to a request's figures."""
+        flops = self._prefill_flops(thw, per_layer)
+        stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
+        stats["tflops_prefill"] = sum(flops.values()) / 1e12
+        stats["tflops_llm_paper"] = llm_prefill_macs_paper(self.model.config.text_config, per_layer) / 1e12
+        stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
+        return Generation(text=text, stats=stats)
+
+    @torch.inference_mode()
+    def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
+                 max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
+        sw, t_start, thw, _, _, sel = self._encode_and_prune(inputs, clip, method, budget)
         ids_p, pos_p = self.pruned_positions(inputs, sel.indices, sel.tokens.shape[0])
         embeds = self.model.get_input_embeddings()(ids_p)
         is_video_p = ids_p == self.video_token_id
@@ -172,12 +198,7 @@ class Qwen25VL(VideoAdapter):
             self.model, self.processor, sw, t_start, embeds=embeds, ids=ids_p, sel=sel, method=method, budget=budget,
             video_token_id=self.video_token_id, n_vis=int(is_video_p.sum()), max_new_tokens=max_new_tokens, stop=stop,
             position_ids=pos_p)
-        flops = qwen2_5_vl_prefill_flops(self.model.config, (n, gh, gw), per_layer)
-        stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
-        stats["tflops_prefill"] = sum(flops.values()) / 1e12
-        stats["tflops_llm_paper"] = llm_prefill_macs_paper(self.model.config.text_config, per_layer) / 1e12
-        stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
-        return Generation(text=text, stats=stats)
+        return self._finish(text, stats, per_layer, ms, thw)
 
     def pruned_positions(self, inputs: dict, indices: torch.Tensor, kept: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt ids with ``kept`` video placeholders and their 3-D M-RoPE ids ``[3, 1, S']``.

@@ -33,18 +33,16 @@ this adapter reuses), and how the harness handles it:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from tango.flops import _get, llm_prefill_flops, llm_prefill_macs_paper
+from tango.flops import _get, llm_prefill_flops
 from tango.methods.base import PruningMethod
 from tango.models import full_configs
-from tango.models.base import FamilySpec, Generation, load_pretrained, prefill_and_decode
-from tango.models.qwen2_5_vl import VIDEO_TYPE, Qwen25VL, mean_query_attention, received_attention
+from tango.models.base import FamilySpec, Generation, prefill_and_decode
+from tango.models.qwen2_5_vl import VIDEO_TYPE, Qwen25VL
 from tango.models.tiny import build_tiny_qwen3_vl
-from tango.timing import Stopwatch
 from tango.video import Clip
 
 TEMPLATE_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -71,13 +69,7 @@ class Qwen3VL(Qwen25VL):
                       hub_id="Qwen/Qwen3-VL-8B-Instruct", full_config=full_configs.qwen3_vl_8b_config,
                       offline_processor=full_configs.qwen3_vl_processor, build_tiny=build_tiny_qwen3_vl,
                       video_tokens=_video_tokens, prefill_flops=_prefill_flops)
-
-    def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
-                 attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0):
-        from transformers import Qwen3VLForConditionalGeneration
-
-        self._setup(*load_pretrained(Qwen3VLForConditionalGeneration, self.family, pretrained, device, dtype,
-                                     attn_implementation, tiny, seed), device)
+    to_raster = staticmethod(_plain_raster)  # no window permutation
 
     def prompt(self, question: str) -> str:
         """The chat template's text with its per-video ``<|vision_start|><|video_pad|><|vision_end|>`` reduced to the
@@ -98,55 +90,21 @@ class Qwen3VL(Qwen25VL):
             raise ValueError(f"{len(clip.timestamps)} frame times do not fill grid_t={grid_t} temporal patches of 2")
         return torch.as_tensor((times[0::2] + times[1::2]) / 2, dtype=torch.float32)
 
-    @contextmanager
-    def _capture_attention(self, source: str | None, grid_thw: torch.Tensor):
-        captured: dict[str, torch.Tensor] = {}
-        if source is None:
-            yield captured
-            return
-        sources = {"pooling_head": mean_query_attention, "last_layer": received_attention}
-        if source not in sources:
-            raise ValueError(f"attention source {source!r}; valid: {sorted(sources)}")
-        visual = self.model.model.visual
+    def _attention_block(self, visual):
+        """Every block is full attention: the last one (module doc)."""
+        return visual.blocks[-1]
 
-        def hook(mod, args, kwargs, out):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            captured.update(sources[source](mod, hidden, kwargs["position_embeddings"], grid_thw, visual.config,
-                                            to_raster=_plain_raster))
-
-        handle = visual.blocks[-1].attn.register_forward_hook(hook, with_kwargs=True)
-        try:
-            yield captured
-        finally:
-            handle.remove()
+    def _prefill_flops(self, thw, per_layer) -> dict:
+        return qwen3_vl_prefill_flops(self.model.config, thw, per_layer)
 
     @torch.inference_mode()
     def generate(self, inputs: dict, clip: Clip, method: PruningMethod, budget: float,
                  max_new_tokens: int = 16, stop: list[str] | None = None) -> Generation:
-        self.check_method(method)
-        ids, thw = inputs["input_ids"], inputs["video_grid_thw"]
-        if ids.shape[0] != 1 or thw.shape[0] != 1:
-            raise ValueError(f"one request with one video at a time; got input_ids {tuple(ids.shape)}, "
-                             f"video_grid_thw {tuple(thw.shape)}")
-        n, gh, gw = (int(v) for v in thw[0])
-        grid = (gh // self.merge, gw // self.merge)
-        length = grid[0] * grid[1]
-
-        sw = Stopwatch(self.device)
-        t_start = sw.now()
-        source = method.attention_source if method.needs_attention else None
-        with self._capture_attention(source, thw) as cap, sw("vision"):
-            out = self.model.model.get_video_features(inputs["pixel_values_videos"], thw)
-        video = out.pooler_output[0]
-        x = video.view(n, length, video.shape[-1])
-        timestamps = self.timestamps(clip, n).to(self.device)
-        metric = cap.get("metric")
-        if metric is None and source == "pooling_head":  # the Tango reference's per-frame global feature on Qwen
-            metric = x.mean(dim=1)
-        with sw("pruning"):
-            sel = method.prune(x, budget=budget, attn=cap.get("attn"), timestamps=timestamps, grid=grid, metric=metric)
-            order = torch.argsort(torch.div(sel.indices, length, rounding_mode="floor"), stable=True)
-            tokens, indices = sel.tokens[order], sel.indices[order]
+        sw, t_start, thw, length, out, sel = self._encode_and_prune(inputs, clip, method, budget)
+        n = thw[0]
+        # Each kept token goes into its source patch's block: group by patch, keeping the method's order inside it.
+        order = torch.argsort(torch.div(sel.indices, length, rounding_mode="floor"), stable=True)
+        tokens, indices = sel.tokens[order], sel.indices[order]
 
         ids_p, pos_p = self.pruned_positions(inputs, indices, length)
         embeds = self.model.get_input_embeddings()(ids_p)
@@ -161,12 +119,7 @@ class Qwen3VL(Qwen25VL):
             video_token_id=self.video_token_id, n_vis=int(is_video_p.sum()), max_new_tokens=max_new_tokens, stop=stop,
             position_ids=pos_p, deepstack=(visual_pos, maps))
         stats["frames_emptied"] = n - int(torch.unique(torch.div(indices, length, rounding_mode="floor")).numel())
-        flops = qwen3_vl_prefill_flops(self.model.config, (n, gh, gw), per_layer)
-        stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})
-        stats["tflops_prefill"] = sum(flops.values()) / 1e12
-        stats["tflops_llm_paper"] = llm_prefill_macs_paper(self.model.config.text_config, per_layer) / 1e12
-        stats["achieved_tflop_s"] = stats["tflops_prefill"] / (ms["ttft"] / 1e3) if ms["ttft"] > 0 else None
-        return Generation(text=text, stats=stats)
+        return self._finish(text, stats, per_layer, ms, thw)
 
     def pruned_positions(self, inputs: dict, indices: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt ids with every text token and, inside temporal patch ``t``'s block, one video placeholder per entry
