@@ -22,12 +22,14 @@ from tango.eval import PrunedVideoLM
 def lm_kwargs(cfg: DictConfig) -> dict:
     """``PrunedVideoLM`` arguments for a composed, validated config: the model's adapter loaded on ``cfg.device``,
     the method object with its per-model settings, the budget the run uses."""
-    from tango.models.base import load_adapter, resolve_device
+    from tango.models.base import Preprocessing, load_adapter, resolve_device
 
     m = cfg.model
     extra = {"pooling_head": m.pooling_head} if m.pooling_head else {}
     adapter = load_adapter(m.family, pretrained=m.pretrained, device=resolve_device(cfg.device), dtype=m.dtype,
                            attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed, **extra)
+    adapter.configure(Preprocessing(system_prompt=m.system_prompt, video_resize=m.video_resize,
+                                    min_pixels=m.min_pixels, max_pixels=m.max_pixels, video_layout=m.video_layout))
     return dict(adapter=adapter, method=OmegaConf.to_object(cfg.method), budget=effective_budget(cfg),
                 num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend, max_new_tokens=m.max_new_tokens,
                 frame_sampling=m.frame_sampling)

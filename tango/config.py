@@ -29,6 +29,12 @@ class ModelConfig:
     num_frames: int = 32                  # frames sampled uniformly (linspace(0, n-1, num_frames))
     fps: Optional[float] = None           # sample at this rate instead (Qwen2.5-VL: 2), capped at num_frames
     frame_sampling: str = "uniform"       # uniform (lmms-eval LLaVA wrappers) | qwen_vl_utils (its Qwen wrappers)
+    # How a request becomes model inputs where reference paths differ (tango.models.base.Preprocessing):
+    system_prompt: Optional[str] = None   # a system turn first (lmms-eval's Qwen chat wrappers: a helpful assistant)
+    video_resize: str = "processor"       # processor | qwen_vl_utils (Qwen3-VL: lmms-eval's resize, then no resize)
+    min_pixels: Optional[int] = None      # qwen_vl_utils resize bounds (lmms-eval: 200704, 1605632)
+    max_pixels: Optional[int] = None
+    video_layout: str = "flat"            # Qwen3-VL: flat (transformers 4.57) | nested (what 5.x makes of the template)
     dtype: str = "bfloat16"               # bfloat16 | float16 | float32
     attn_implementation: str = "sdpa"     # sdpa | flash_attention_2 | eager
     video_backend: str = "decord"         # decord | pyav
@@ -177,6 +183,18 @@ def validate(cfg: Any) -> None:
     choice("model.attn_implementation", m.attn_implementation, ATTN_IMPLEMENTATIONS)
     choice("model.video_backend", m.video_backend, BACKENDS)
     choice("model.frame_sampling", m.frame_sampling, FRAME_SAMPLINGS)
+    choice("model.video_resize", m.video_resize, VIDEO_RESIZES)
+    choice("model.video_layout", m.video_layout, VIDEO_LAYOUTS)
+    at_least("model.min_pixels", m.min_pixels, 1, optional=True)
+    at_least("model.max_pixels", m.max_pixels, 1, optional=True)
+    if m.family in ADAPTERS:
+        from tango.models.base import adapter_class
+
+        supported = adapter_class(m.family).preprocessing_options
+        for key, default in PREPROCESSING_DEFAULTS.items():
+            if m[key] != default and key not in supported:
+                raise ConfigError(f"model.{key}={m[key]!r} is not supported by the {m.family!r} adapter (it supports "
+                                  f"{list(supported)}; leave it at {default!r})")
     at_least("model.max_new_tokens", m.max_new_tokens, 1)
     at_least("limit", cfg.limit, 1, optional=True)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
@@ -256,7 +274,12 @@ NON_RESULT_KEYS = ("paths", "logger", "force", "dry_run", "fail_fast", "run_key"
 #: settings added after runs were recorded -> the value that reproduces the behaviour before they existed. At that
 #: value they are left out of a run's identity, so finished runs recorded before still match (and resume); any other
 #: value is a different configuration.
-ADDED_LATER = {("model", "frame_sampling"): "uniform"}
+VIDEO_RESIZES = ("processor", "qwen_vl_utils")
+VIDEO_LAYOUTS = ("flat", "nested")
+#: the per-family preprocessing settings (``VideoAdapter.preprocessing_options``) and their defaults
+PREPROCESSING_DEFAULTS = {"video_resize": "processor", "min_pixels": None, "max_pixels": None, "video_layout": "flat"}
+ADDED_LATER = {("model", "frame_sampling"): "uniform", ("model", "system_prompt"): None,
+               **{("model", k): v for k, v in PREPROCESSING_DEFAULTS.items()}}
 
 
 def identity(cfg: Any) -> dict:

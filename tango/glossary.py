@@ -45,6 +45,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "frame_sampling": ("", "which frames are decoded: uniform (linspace truncated) or qwen_vl_utils (its frame count, "
                            "linspace rounded)"),
     "prompt_variant": ("", "prompt template variant"),
+    "system_prompt": ("", "system turn before the user turn (empty: none)"),
+    "video_resize": ("", "who resizes the frames: processor, or qwen_vl_utils (then the processor does not)"),
+    "min_pixels": ("pixels", "lower per-frame bound of the qwen_vl_utils resize (empty: the library's)"),
+    "max_pixels": ("pixels", "upper per-frame bound of the qwen_vl_utils resize (empty: the library's)"),
+    "video_layout": ("", "Qwen3-VL prompt layout: flat (transformers 4.57) or nested (5.x's processor)"),
     "method_hparams": ("", "the method's hyperparameters, one JSON object"),
     "config_hash": ("", "16 hex digits of the sha256 of every result-relevant config value (resume identity)"),
     # environment

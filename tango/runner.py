@@ -276,6 +276,8 @@ def _identity(cfg: DictConfig, method, budget: float) -> dict:
         **_cell(cfg, method.name, budget),
         "num_frames": m.num_frames, "fps": m.fps, "dtype": m.dtype, "attn_implementation": m.attn_implementation,
         "video_backend": m.video_backend, "frame_sampling": m.frame_sampling, "prompt_variant": m.prompt_variant,
+        "system_prompt": m.system_prompt, "video_resize": m.video_resize, "min_pixels": m.min_pixels,
+        "max_pixels": m.max_pixels, "video_layout": m.video_layout,
         "method_hparams": _hparams(cfg), "config_hash": config_hash(cfg),
         **_versions(cfg.paths.root_dir),
     }

@@ -41,6 +41,9 @@ CATALOGUE: list[BadInput] = [
     BadInput("model.video_backend=foo", "model.video_backend='foo' is not one of the valid values ['decord', 'pyav']"),
     BadInput("model.frame_sampling=foo",
              "model.frame_sampling='foo' is not one of the valid values ['uniform', 'qwen_vl_utils']"),
+    BadInput("model=tiny_llava_ov model.video_layout=nested",
+             "model.video_layout='nested' is not supported by the 'llava_ov' adapter (it supports []; leave it at "
+             "'flat')"),
     BadInput("model.dtype=fp8", "model.dtype='fp8' is not one of the valid values"),
     BadInput("model.attn_implementation=flash", "model.attn_implementation='flash' is not one of the valid values"),
     BadInput("model.max_new_tokens=0", "model.max_new_tokens=0 must be >= 1"),

@@ -81,11 +81,45 @@ class Generation:
     stats: dict[str, float | int | None] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a request becomes model inputs where reference paths differ (``configs/model``; recorded in every row).
+
+    Attributes:
+        system_prompt: a system turn before the user turn (lmms-eval's Qwen chat wrappers: "You are a helpful
+            assistant."); None: none.
+        video_resize: ``"processor"`` (the processor's own resize; Qwen with ``cap_pixels_per_frame``) or
+            ``"qwen_vl_utils"`` (Qwen only: qwen-vl-utils' video resize with ``min_pixels`` / ``max_pixels``, then the
+            processor with ``do_resize=False``, as lmms-eval's Qwen chat wrappers do).
+        min_pixels, max_pixels: the qwen-vl-utils resize bounds (lmms-eval: 256 * 28 * 28 and 1605632).
+        video_layout: Qwen3-VL only: ``"flat"`` (transformers 4.57's per-patch blocks) or ``"nested"`` (what 5.x's
+            processor makes of the chat template: the blocks inside the template's own vision start / end pair).
+    """
+
+    system_prompt: str | None = None
+    video_resize: str = "processor"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    video_layout: str = "flat"
+
+
 class VideoAdapter:
     """What every adapter shares: construction around a built model (``from_model``), the chat prompt with one
     video, and the basic attributes. Subclasses extend ``_setup`` and implement ``prepare`` and ``generate``."""
 
     family = "base"
+    #: the :class:`Preprocessing` fields this family honours beyond the system prompt (others must stay default)
+    preprocessing_options: tuple[str, ...] = ()
+    preprocessing = Preprocessing()
+
+    def configure(self, preprocessing: Preprocessing) -> None:
+        """Use ``preprocessing``; a setting this family does not implement is an error naming it."""
+        default = Preprocessing()
+        for name in ("video_resize", "min_pixels", "max_pixels", "video_layout"):
+            if getattr(preprocessing, name) != getattr(default, name) and name not in self.preprocessing_options:
+                raise ValueError(f"model.{name}={getattr(preprocessing, name)!r} is not supported by the "
+                                 f"{self.family!r} adapter (it supports {list(self.preprocessing_options)})")
+        self.preprocessing = preprocessing
 
     @classmethod
     def from_model(cls, model, processor, device: torch.device | str):
@@ -108,6 +142,9 @@ class VideoAdapter:
 
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        if self.preprocessing.system_prompt is not None:
+            messages.insert(0, {"role": "system",
+                                "content": [{"type": "text", "text": self.preprocessing.system_prompt}]})
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
 

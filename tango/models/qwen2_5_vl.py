@@ -99,13 +99,36 @@ class Qwen25VL(VideoAdapter):
         from transformers.video_utils import VideoMetadata
 
         videos_kwargs = {"do_sample_frames": False, "cap_pixels_per_frame": True}
+        frames = clip.frames
+        if self.preprocessing.video_resize == "qwen_vl_utils":  # resized already, as lmms-eval's Qwen wrappers do
+            frames, videos_kwargs = self.qwen_vl_utils_resize(frames), {"do_sample_frames": False, "do_resize": False}
         if clip.avg_fps > 0 and clip.total_frames > 0:  # else the processor's 24 fps fallback
             videos_kwargs["video_metadata"] = [VideoMetadata(
                 total_num_frames=int(clip.total_frames), fps=float(clip.avg_fps),
                 frames_indices=[int(i) for i in clip.indices])]
-        inputs = self.processor(text=self.prompt(question), videos=[clip.frames], return_tensors="pt",
+        inputs = self.processor(text=self.prompt(question), videos=[frames], return_tensors="pt",
                                 videos_kwargs=videos_kwargs)
         return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def qwen_vl_utils_resize(self, frames: np.ndarray) -> torch.Tensor:
+        """``[T, H, W, 3]`` uint8 -> ``[T, 3, H', W']`` float, resized as qwen-vl-utils' ``fetch_video`` resizes a
+        decoded video (its own ``smart_resize`` with the per-frame bounds it derives from ``min_pixels`` /
+        ``max_pixels`` and its token limits, then bicubic with antialiasing), which the processor then only
+        normalises (``do_resize=False``)."""
+        from qwen_vl_utils import vision_process as qvu
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as tvf
+
+        p = self.preprocessing
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        n, _, h, w = video.shape
+        factor = self.processor.video_processor.patch_size * qvu.SPATIAL_MERGE_SIZE
+        min_pixels = p.min_pixels if p.min_pixels is not None else qvu.VIDEO_MIN_TOKEN_NUM * factor * factor
+        limit = max(min(qvu.VIDEO_MAX_TOKEN_NUM * factor * factor, qvu.MODEL_SEQ_LEN * factor * factor * 0.9 / n
+                        * qvu.FRAME_FACTOR), int(min_pixels * 1.05))
+        max_pixels = limit if p.max_pixels is None else min(p.max_pixels, limit)
+        size = qvu.smart_resize(h, w, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+        return tvf.resize(video, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True).float()
 
     @staticmethod
     def timestamps(clip: Clip, grid_t: int) -> torch.Tensor:

@@ -70,11 +70,14 @@ class Qwen3VL(Qwen25VL):
                       offline_processor=full_configs.qwen3_vl_processor, build_tiny=build_tiny_qwen3_vl,
                       video_tokens=_video_tokens, prefill_flops=_prefill_flops)
     to_raster = staticmethod(_plain_raster)  # no window permutation
+    preprocessing_options = ("video_resize", "min_pixels", "max_pixels", "video_layout")
 
     def prompt(self, question: str) -> str:
         """The chat template's text with its per-video ``<|vision_start|><|video_pad|><|vision_end|>`` reduced to the
         pad, which the processor expands to the per-temporal-patch blocks (transformers 4.57's layout; module doc)."""
         text = super().prompt(question)
+        if self.preprocessing.video_layout == "nested":  # left to the processor: 5.x nests the blocks in the pair
+            return text
         if text.count(TEMPLATE_VIDEO) != 1:
             raise ValueError(f"the chat template should emit {TEMPLATE_VIDEO!r} once for the video; got {text!r}")
         return text.replace(TEMPLATE_VIDEO, self.processor.video_token)
