@@ -14,7 +14,8 @@ pytestmark = pytest.mark.e2e
 
 #: the harness settings that reproduce lmms-eval's qwen3_vl chat wrapper (its defaults -- it always loads bfloat16 --
 #: with ``max_num_frames`` 16)
-LMMS_EVAL_QWEN3 = ["model.num_frames=16", "model.dtype=bfloat16", "model.frame_sampling=qwen_vl_utils", "model.video_backend=decord",
+LMMS_EVAL_QWEN3 = ["model.num_frames=16", "model.dtype=bfloat16", "model.frame_sampling=qwen_vl_utils",
+                   "model.video_backend=decord",
                    "model.system_prompt='You are a helpful assistant.'", "model.video_resize=qwen_vl_utils",
                    "model.min_pixels=200704", "model.max_pixels=1605632", "model.video_layout=nested"]
 
