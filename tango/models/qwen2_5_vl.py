@@ -115,9 +115,7 @@ class Qwen25VL(VideoAdapter):
         decoded video (its own ``smart_resize`` with the per-frame bounds it derives from ``min_pixels`` /
         ``max_pixels`` and its token limits, then bicubic with antialiasing), which the processor then only
         normalises (``do_resize=False``)."""
-        from qwen_vl_utils import vision_process as qvu
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as tvf
+        from qwen_vl_utils import vision_process as qvu  # its own resize call and objects, as fetch_video uses them
 
         p = self.preprocessing
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
@@ -128,7 +126,8 @@ class Qwen25VL(VideoAdapter):
                         * qvu.FRAME_FACTOR), int(min_pixels * 1.05))
         max_pixels = limit if p.max_pixels is None else min(p.max_pixels, limit)
         size = qvu.smart_resize(h, w, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-        return tvf.resize(video, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+        return qvu.transforms.functional.resize(video, list(size), interpolation=qvu.InterpolationMode.BICUBIC,
+                                                antialias=True).float()
 
     @staticmethod
     def timestamps(clip: Clip, grid_t: int) -> torch.Tensor:
