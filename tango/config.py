@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from tango.methods import METHODS
+from tango.models.base import PER_FAMILY_OPTIONS, Preprocessing
 
 
 @dataclass
@@ -271,13 +272,13 @@ def _check_data_root(task: Any) -> None:
 # Keys that cannot change a result: where it is written, how it is logged, and how the call behaves.
 # ``experiment`` and ``variant`` are labels: the settings a variant names are in the identity already.
 NON_RESULT_KEYS = ("paths", "logger", "force", "dry_run", "fail_fast", "run_key", "experiment", "variant")
-#: settings added after runs were recorded -> the value that reproduces the behaviour before they existed. At that
-#: value they are left out of a run's identity, so finished runs recorded before still match (and resume); any other
-#: value is a different configuration.
 VIDEO_RESIZES = ("processor", "qwen_vl_utils")
 VIDEO_LAYOUTS = ("flat", "nested")
 #: the per-family preprocessing settings (``VideoAdapter.preprocessing_options``) and their defaults
-PREPROCESSING_DEFAULTS = {"video_resize": "processor", "min_pixels": None, "max_pixels": None, "video_layout": "flat"}
+PREPROCESSING_DEFAULTS = {k: getattr(Preprocessing(), k) for k in PER_FAMILY_OPTIONS}
+#: settings added after runs were recorded -> the value that reproduces the behaviour before they existed. At that
+#: value they are left out of a run's identity, so finished runs recorded before still match (and resume); any other
+#: value is a different configuration.
 ADDED_LATER = {("model", "frame_sampling"): "uniform", ("model", "system_prompt"): None,
                **{("model", k): v for k, v in PREPROCESSING_DEFAULTS.items()}}
 

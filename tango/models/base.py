@@ -103,6 +103,10 @@ class Preprocessing:
     video_layout: str = "flat"
 
 
+#: the :class:`Preprocessing` settings an adapter implements or refuses (``VideoAdapter.preprocessing_options``)
+PER_FAMILY_OPTIONS = ("video_resize", "min_pixels", "max_pixels", "video_layout")
+
+
 class VideoAdapter:
     """What every adapter shares: construction around a built model (``from_model``), the chat prompt with one
     video, and the basic attributes. Subclasses extend ``_setup`` and implement ``prepare`` and ``generate``."""
@@ -115,7 +119,7 @@ class VideoAdapter:
     def configure(self, preprocessing: Preprocessing) -> None:
         """Use ``preprocessing``; a setting this family does not implement is an error naming it."""
         default = Preprocessing()
-        for name in ("video_resize", "min_pixels", "max_pixels", "video_layout"):
+        for name in PER_FAMILY_OPTIONS:
             if getattr(preprocessing, name) != getattr(default, name) and name not in self.preprocessing_options:
                 raise ValueError(f"model.{name}={getattr(preprocessing, name)!r} is not supported by the "
                                  f"{self.family!r} adapter (it supports {list(self.preprocessing_options)})")
