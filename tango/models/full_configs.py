@@ -239,7 +239,8 @@ def llava_processor():
     """LLaVA-OV / LLaVA-Video: 384 x 384 frames (``LlavaOnevisionVideoProcessor``), 729 patches per image."""
     from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
 
-    from tango.models.tiny import CHAT_TEMPLATE, byte_tokenizer
+    from tango.models.chat_templates import LLAVA_PROCESSOR_TEMPLATE, QWEN2_TOKENIZER_TEMPLATE
+    from tango.models.tiny import byte_tokenizer
 
     side, patch = SIGLIP_SO400M_26["image_size"], SIGLIP_SO400M_26["patch_size"]
     pinpoints = [[side * i, side * j] for i in range(1, 7) for j in range(1, 7)]
@@ -247,10 +248,9 @@ def llava_processor():
         image_processor=LlavaOnevisionImageProcessor(size={"height": side, "width": side},
                                                      image_grid_pinpoints=pinpoints),
         video_processor=LlavaOnevisionVideoProcessor(size={"height": side, "width": side}),
-        tokenizer=byte_tokenizer("llava"), num_image_tokens=(side // patch) ** 2,
-        vision_feature_select_strategy="full",
-        chat_template=CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>")
-                                   .replace("{{ image_placeholder }}", "<image>"))
+        tokenizer=byte_tokenizer("llava", chat_template=QWEN2_TOKENIZER_TEMPLATE),
+        num_image_tokens=(side // patch) ** 2,
+        vision_feature_select_strategy="full", chat_template=LLAVA_PROCESSOR_TEMPLATE)
 
 
 def qwen2_5_vl_processor():
@@ -259,17 +259,15 @@ def qwen2_5_vl_processor():
     temporal patch 2."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    from tango.models.tiny import CHAT_TEMPLATE, byte_tokenizer
+    from tango.models.chat_templates import QWEN2_5_VL_TEMPLATE
+    from tango.models.tiny import byte_tokenizer
 
     v = QWEN25_VL_7B_VISION
     pix = dict(patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
                merge_size=v["spatial_merge_size"])
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pix), video_processor=Qwen2VLVideoProcessor(**pix),
-        tokenizer=byte_tokenizer("qwen"),
-        chat_template=CHAT_TEMPLATE
-        .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
-        .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
+        tokenizer=byte_tokenizer("qwen"), chat_template=QWEN2_5_VL_TEMPLATE)
 
 
 def qwen3_vl_processor():
@@ -278,16 +276,15 @@ def qwen3_vl_processor():
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    from tango.models.tiny import CHAT_TEMPLATE, byte_tokenizer
+    from tango.models.chat_templates import QWEN3_VL_TEMPLATE
+    from tango.models.tiny import byte_tokenizer
 
     v = QWEN3_VL_VIDEO_PROCESSOR
     return Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(**{k: v[k] for k in ("patch_size", "temporal_patch_size", "merge_size",
                                                                    "image_mean", "image_std")}),
         video_processor=Qwen3VLVideoProcessor(**v), tokenizer=byte_tokenizer("qwen"),
-        chat_template=CHAT_TEMPLATE
-        .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
-        .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
+        chat_template=QWEN3_VL_TEMPLATE)
 
 
 # ---- visual token counts (analytical, from the config) --------------------------------------------------------------

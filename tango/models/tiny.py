@@ -1,8 +1,9 @@
 """Tiny random checkpoints of the real model classes, built offline (no hub access) for tests and the default run.
 
-Each builder writes a normal ``save_pretrained`` directory (model + processor + byte-level tokenizer + chat
-template), so the harness loads it with ``from_pretrained`` exactly like a real checkpoint. Weights are a
-deterministic function of the seed.
+Each builder writes a normal ``save_pretrained`` directory (model + processor + byte-level tokenizer + the real
+checkpoint's chat templates, ``tango.models.chat_templates``), laid out as the real checkpoint is on the hub, so the
+harness -- and lmms-eval's own wrappers -- load it with ``from_pretrained`` exactly like a real checkpoint. Weights
+are a deterministic function of the seed.
 """
 
 from __future__ import annotations
@@ -13,25 +14,18 @@ from pathlib import Path
 
 import torch
 
-# Qwen-style chat template that understands the processor's structured content ({"type": "video"} / "text").
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for c in message['content'] %}"
-    "{% if c['type'] == 'video' %}{{ video_placeholder }}{% elif c['type'] == 'image' %}{{ image_placeholder }}"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from tango.models import chat_templates
+
 # 12 decoder layers (hidden 64, still ~0.1 ms a layer on CPU) so layer-averaged budgets down to 0.1 are feasible for
 # in-LLM methods: FastV with K = 1 needs budget > K / layers.
 TEXT_LAYERS = 12
-TINY_VERSION = 2  # bump when a recipe changes: cached tiny checkpoints are rebuilt
+TINY_VERSION = 3  # bump when a recipe changes: cached tiny checkpoints are rebuilt
 MARKER = "tango_tiny.json"
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>",
             "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def byte_tokenizer(style: str):
+def byte_tokenizer(style: str, chat_template: str | None = None):
     """A 265-token byte-level BPE tokenizer (no merges) in LLaVA (``<video>``) or Qwen (``<|video_pad|>``) style."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -48,8 +42,10 @@ def byte_tokenizer(style: str):
                  "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
     else:
         raise ValueError(f"tokenizer style {style!r}; valid: 'llava', 'qwen'")
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   extra_special_tokens=extra)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  extra_special_tokens=extra)
+    tok.chat_template = chat_template
+    return tok
 
 
 def tiny_llava_ov(seed: int = 0, *, size: int = 112, vision_hidden: int = 64, vision_layers: int = 2,
@@ -61,7 +57,7 @@ def tiny_llava_ov(seed: int = 0, *, size: int = 112, vision_hidden: int = 64, vi
                               LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
                               Qwen2Config, SiglipVisionConfig)
 
-    tok = byte_tokenizer("llava")
+    tok = byte_tokenizer("llava", chat_template=chat_templates.QWEN2_TOKENIZER_TEMPLATE)
     vision = SiglipVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                                 num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=size,
                                 patch_size=14, vision_use_head=True)
@@ -81,14 +77,13 @@ def tiny_llava_ov(seed: int = 0, *, size: int = 112, vision_hidden: int = 64, vi
                                                      image_grid_pinpoints=pinpoints),
         video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
         tokenizer=tok, num_image_tokens=(size // 14) ** 2, vision_feature_select_strategy="full",
-        chat_template=CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>")
-                                   .replace("{{ image_placeholder }}", "<image>"))
+        chat_template=chat_templates.LLAVA_PROCESSOR_TEMPLATE)
     return model, proc
 
 
 def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
     """The default tiny LLaVA-OV (hidden 64, 2 vision + 12 text layers), saved at ``out_dir``."""
-    return _save(*tiny_llava_ov(seed), out_dir)
+    return save_llava(*tiny_llava_ov(seed), out_dir)
 
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
@@ -114,9 +109,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
                merge_size=2)
     proc = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pix), video_processor=Qwen2VLVideoProcessor(**pix), tokenizer=tok,
-        chat_template=CHAT_TEMPLATE
-        .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
-        .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
+        chat_template=chat_templates.QWEN2_5_VL_TEMPLATE)
     return _save(model, proc, out_dir)
 
 
@@ -126,8 +119,7 @@ def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
     (``q_norm`` / ``k_norm``, head_dim 16, interleaved M-RoPE sections [4, 2, 2]). The video processor keeps the
     real checkpoint's settings (``shortest_edge`` 4096, ``longest_edge`` 25165824, fps 2, 4..768 frames) except the
     per-frame token ceiling ``max_video_tokens`` 16 (real: 768), so a 112 x 112 frame becomes 128 x 128 = 16 merged
-    tokens per temporal patch. Its chat template emits ``<|vision_start|><|video_pad|><|vision_end|>`` for a video,
-    as the real template does."""
+    tokens per temporal patch."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
@@ -151,11 +143,26 @@ def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
     proc = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pix),
         video_processor=Qwen3VLVideoProcessor(**pix, fps=2, min_frames=4, max_frames=768, max_video_tokens=16),
-        tokenizer=tok,
-        chat_template=CHAT_TEMPLATE
-        .replace("{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>")
-        .replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>"))
+        tokenizer=tok, chat_template=chat_templates.QWEN3_VL_TEMPLATE)
     return _save(model, proc, out_dir)
+
+
+def save_llava(model, proc, out_dir: str | Path) -> Path:
+    """``_save`` with the llava-hf hub layout: the processor's template in ``chat_template.json`` and the tokenizer's
+    own (Qwen2-Instruct's) in ``tokenizer_config.json``. transformers 5.x would write both to one
+    ``chat_template.jinja``, which the tokenizer then loads too, so ``tokenizer.apply_chat_template`` (lmms-eval's
+    ``llava_hf``) would render the processor's template instead of the checkpoint's tokenizer template."""
+    import json
+
+    tokenizer_template = proc.tokenizer.chat_template
+    out_dir = _save(model, proc, out_dir)
+    (out_dir / "chat_template.jinja").unlink()
+    (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": proc.chat_template}, indent=2))
+    config_file = out_dir / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["chat_template"] = tokenizer_template
+    config_file.write_text(json.dumps(config, indent=2))
+    return out_dir
 
 
 def _save(model, proc, out_dir: str | Path) -> Path:

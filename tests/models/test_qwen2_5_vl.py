@@ -338,9 +338,11 @@ def test_llm_flops_match_the_counter(eager_model):
 
 
 def test_mrope_convention_is_transformers_5_when_temporal_ids_outrun_the_text(adapter):
-    """16 frames 3 s apart: temporal ids reach 175 while the text after the video starts at base + max(h, w)/merge.
-    The harness decodes where the model's own ``generate`` does (last + 1 = 27, 28), not at transformers 4.x's /
-    vLLM's max + 1 (176); a manual cached loop reading the ``rope_deltas`` it leaves continues there too."""
+    """16 frames 3 s apart: temporal ids reach base + 168 while the text after the video starts at base +
+    max(h, w)/merge. The harness decodes where the model's own ``generate`` does (last + 1 = base + 20, base + 21),
+    not at transformers 4.x's / vLLM's max + 1 (base + 169); a manual cached loop reading the ``rope_deltas`` it
+    leaves continues there too. ``base``: the video's first position (the template's default system turn, then
+    ``<|im_start|>user\n<|vision_start|>``)."""
     frames = np.random.RandomState(0).randint(0, 255, (16, 112, 84, 3), dtype=np.uint8)
     idx = np.arange(16) * 30
     far = Clip(frames, idx, idx / 10.0, 10.0, 480)
@@ -362,8 +364,10 @@ def test_mrope_convention_is_transformers_5_when_temporal_ids_outrun_the_text(ad
         runs[who] = (seen, steps)
     (seen, steps), (own_seen, own_steps) = runs["harness"], runs["own"]
     prefill = seen[0][:, 0]
-    assert int(prefill.max()) == 175 and prefill[:, -1].tolist() == [26, 26, 26]
-    assert [s[:, 0, 0].tolist() for s in seen[1:]] == [[27] * 3, [28] * 3]
+    base = int(torch.nonzero(inputs["input_ids"][0] == adapter.video_token_id)[0, 0])
+    assert base == 45  # 38 tokens of system turn + 7
+    assert int(prefill.max()) == base + 168 and prefill[:, -1].tolist() == [base + 19] * 3
+    assert [s[:, 0, 0].tolist() for s in seen[1:]] == [[base + 20] * 3, [base + 21] * 3]
     assert all(torch.equal(a, b) for a, b in zip(seen, own_seen))
     assert all(torch.equal(a, b) for a, b in zip(steps, own_steps))
     m = adapter.model
