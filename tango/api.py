@@ -12,6 +12,7 @@ works on it too. ``HarnessLM`` is the same object built from ``--model_args`` fo
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,8 +29,7 @@ def lm_kwargs(cfg: DictConfig) -> dict:
     extra = {"pooling_head": m.pooling_head} if m.pooling_head else {}
     adapter = load_adapter(m.family, pretrained=m.pretrained, device=resolve_device(cfg.device), dtype=m.dtype,
                            attn_implementation=m.attn_implementation, tiny=m.tiny, seed=m.seed, **extra)
-    adapter.configure(Preprocessing(system_prompt=m.system_prompt, video_resize=m.video_resize,
-                                    min_pixels=m.min_pixels, max_pixels=m.max_pixels, video_layout=m.video_layout))
+    adapter.configure(Preprocessing(**{f.name: m[f.name] for f in fields(Preprocessing)}))
     return dict(adapter=adapter, method=OmegaConf.to_object(cfg.method), budget=effective_budget(cfg),
                 num_frames=m.num_frames, fps=m.fps, video_backend=m.video_backend, max_new_tokens=m.max_new_tokens,
                 frame_sampling=m.frame_sampling)
@@ -38,6 +38,15 @@ def lm_kwargs(cfg: DictConfig) -> dict:
 def build_lm(cfg: DictConfig) -> PrunedVideoLM:
     """The lmms-eval model of a composed, validated config (what the runner evaluates)."""
     return PrunedVideoLM(**lm_kwargs(cfg))
+
+
+def task_manager(cfg: DictConfig):
+    """lmms-eval's ``TaskManager`` for the run's task folder. ``model_name`` = ``model.prompt_variant`` picks the tasks'
+    ``lmms_eval_specific_kwargs`` entry as ``lmms-eval --model <name>`` does (a task without that entry uses its
+    ``default`` one, as in lmms-eval)."""
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager(include_path=cfg.task.include_path or None, model_name=cfg.model.prompt_variant)
 
 
 def compose_run(model: str, method: str, budget: float, overrides: dict | None = None) -> DictConfig:

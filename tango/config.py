@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -36,11 +36,13 @@ class ModelConfig:
     min_pixels: Optional[int] = None      # qwen_vl_utils resize bounds (lmms-eval: 200704, 1605632)
     max_pixels: Optional[int] = None
     video_layout: str = "flat"            # Qwen3-VL: flat (transformers 4.57) | nested (what 5.x makes of the template)
+    chat_template: str = "processor"      # LLaVA: processor | tokenizer (lmms-eval's llava_hf: "<video>\n" + question)
+    reply: str = "until"                  # until (cut at the task's until, stripped) | raw (lmms-eval's wrappers)
     dtype: str = "bfloat16"               # bfloat16 | float16 | float32
     attn_implementation: str = "sdpa"     # sdpa | flash_attention_2 | eager
     video_backend: str = "decord"         # decord | pyav
     max_new_tokens: int = 16
-    prompt_variant: str = "default"       # lmms_eval_specific_kwargs key, recorded in every row
+    prompt_variant: str = "default"       # the tasks' lmms_eval_specific_kwargs entry (lmms-eval's --model name)
     seed: int = 0                         # weight seed for tiny checkpoints
     pooling_head: Optional[str] = None    # SigLIP checkpoint supplying the attention-pooling head (LLaVA, Tango)
 
@@ -186,6 +188,8 @@ def validate(cfg: Any) -> None:
     choice("model.frame_sampling", m.frame_sampling, FRAME_SAMPLINGS)
     choice("model.video_resize", m.video_resize, VIDEO_RESIZES)
     choice("model.video_layout", m.video_layout, VIDEO_LAYOUTS)
+    choice("model.chat_template", m.chat_template, CHAT_TEMPLATES)
+    choice("model.reply", m.reply, REPLIES)
     at_least("model.min_pixels", m.min_pixels, 1, optional=True)
     at_least("model.max_pixels", m.max_pixels, 1, optional=True)
     if m.family in ADAPTERS:
@@ -274,13 +278,15 @@ def _check_data_root(task: Any) -> None:
 NON_RESULT_KEYS = ("paths", "logger", "force", "dry_run", "fail_fast", "run_key", "experiment", "variant")
 VIDEO_RESIZES = ("processor", "qwen_vl_utils")
 VIDEO_LAYOUTS = ("flat", "nested")
+CHAT_TEMPLATES = ("processor", "tokenizer")
+REPLIES = ("until", "raw")
 #: the per-family preprocessing settings (``VideoAdapter.preprocessing_options``) and their defaults
 PREPROCESSING_DEFAULTS = {k: getattr(Preprocessing(), k) for k in PER_FAMILY_OPTIONS}
 #: settings added after runs were recorded -> the value that reproduces the behaviour before they existed. At that
 #: value they are left out of a run's identity, so finished runs recorded before still match (and resume); any other
 #: value is a different configuration.
-ADDED_LATER = {("model", "frame_sampling"): "uniform", ("model", "system_prompt"): None,
-               **{("model", k): v for k, v in PREPROCESSING_DEFAULTS.items()}}
+ADDED_LATER = {("model", "frame_sampling"): "uniform",
+               **{("model", f.name): f.default for f in fields(Preprocessing)}}
 
 
 def identity(cfg: Any) -> dict:

@@ -44,12 +44,16 @@ FIELDS: dict[str, tuple[str, str]] = {
     "video_backend": ("", "video decoder (pyav, decord, torchvision)"),
     "frame_sampling": ("", "which frames are decoded: uniform (linspace truncated) or qwen_vl_utils (its frame count, "
                            "linspace rounded)"),
-    "prompt_variant": ("", "prompt template variant"),
+    "prompt_variant": ("", "the task's lmms_eval_specific_kwargs entry used (as lmms-eval's --model name picks it; "
+                           "default when the task has none)"),
     "system_prompt": ("", "system turn before the user turn (empty: none)"),
     "video_resize": ("", "who resizes the frames: processor, or qwen_vl_utils (then the processor does not)"),
     "min_pixels": ("pixels", "lower per-frame bound of the qwen_vl_utils resize (empty: the library's)"),
     "max_pixels": ("pixels", "upper per-frame bound of the qwen_vl_utils resize (empty: the library's)"),
     "video_layout": ("", "Qwen3-VL prompt layout: flat (transformers 4.57) or nested (5.x's processor)"),
+    "chat_template": ("", "LLaVA prompt: processor (its template, structured content) or tokenizer (llava_hf's "
+                          "'<video>\\n' + question through the tokenizer's template)"),
+    "reply": ("", "answer post-processing: until (cut at the task's until strings, stripped) or raw (as decoded)"),
     "method_hparams": ("", "the method's hyperparameters, one JSON object"),
     "config_hash": ("", "16 hex digits of the sha256 of every result-relevant config value (resume identity)"),
     # environment

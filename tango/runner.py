@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tango.config import ConfigError, config_hash, effective_budget, identity, identity_diff, validate, variant_label
 from tango.environment import lock_status
 from tango.loggers import CsvSink, build_sinks
+from tango.models.base import Preprocessing
 from tango.records import CONFIG, FAILED, RECORD, SAMPLES, atomic_write, read_record, summarize, write_json, write_jsonl
 
 WARMUP_REQUESTS = 1  # the first request pays one-off costs (allocator, kernels); excluded from latency medians
@@ -138,9 +140,8 @@ def _record_failure(cfg: DictConfig, run_dir: Path, identity_: dict, error: Exce
 
 def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]:
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager
 
-    from tango.api import build_lm
+    from tango.api import build_lm, task_manager
     from tango.eval import check_docs
     from tango.models.base import resolve_device
 
@@ -154,7 +155,7 @@ def _evaluate(cfg: DictConfig, method, budget: float) -> tuple[dict, list[dict]]
         from tango.tasks import write_local_tasks
 
         write_local_tasks(task.data_root, task.include_path, [task.lmms_task])
-    tm = TaskManager(include_path=task.include_path) if task.include_path else TaskManager()
+    tm = task_manager(cfg)
     check_docs([task.lmms_task], tm, cfg.limit)
     device = resolve_device(cfg.device)
     lm = build_lm(cfg)
@@ -276,8 +277,7 @@ def _identity(cfg: DictConfig, method, budget: float) -> dict:
         **_cell(cfg, method.name, budget),
         "num_frames": m.num_frames, "fps": m.fps, "dtype": m.dtype, "attn_implementation": m.attn_implementation,
         "video_backend": m.video_backend, "frame_sampling": m.frame_sampling, "prompt_variant": m.prompt_variant,
-        "system_prompt": m.system_prompt, "video_resize": m.video_resize, "min_pixels": m.min_pixels,
-        "max_pixels": m.max_pixels, "video_layout": m.video_layout,
+        **{f.name: m[f.name] for f in fields(Preprocessing)},
         "method_hparams": _hparams(cfg), "config_hash": config_hash(cfg),
         **_versions(cfg.paths.root_dir),
     }

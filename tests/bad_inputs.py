@@ -42,8 +42,12 @@ CATALOGUE: list[BadInput] = [
     BadInput("model.frame_sampling=foo",
              "model.frame_sampling='foo' is not one of the valid values ['uniform', 'qwen_vl_utils']"),
     BadInput("model=tiny_llava_ov model.video_layout=nested",
-             "model.video_layout='nested' is not supported by the 'llava_ov' adapter (it supports []; leave it at "
-             "'flat')"),
+             "model.video_layout='nested' is not supported by the 'llava_ov' adapter (it supports ['chat_template']; "
+             "leave it at 'flat')"),
+    BadInput("model=tiny_qwen2_5_vl model.chat_template=tokenizer",
+             "model.chat_template='tokenizer' is not supported by the 'qwen2_5_vl' adapter (it supports "
+             "['video_resize', 'min_pixels', 'max_pixels']; leave it at 'processor')"),
+    BadInput("model.reply=strip", "model.reply='strip' is not one of the valid values ['until', 'raw']"),
     BadInput("model.dtype=fp8", "model.dtype='fp8' is not one of the valid values"),
     BadInput("model.attn_implementation=flash", "model.attn_implementation='flash' is not one of the valid values"),
     BadInput("model.max_new_tokens=0", "model.max_new_tokens=0 must be >= 1"),

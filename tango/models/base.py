@@ -94,6 +94,11 @@ class Preprocessing:
         min_pixels, max_pixels: the qwen-vl-utils resize bounds (lmms-eval: 256 * 28 * 28 and 1605632).
         video_layout: Qwen3-VL only: ``"flat"`` (transformers 4.57's per-patch blocks) or ``"nested"`` (what 5.x's
             processor makes of the chat template: the blocks inside the template's own vision start / end pair).
+        chat_template: LLaVA only: ``"processor"`` (the processor's template on structured content: a video item,
+            then the question) or ``"tokenizer"`` (lmms-eval's ``llava_hf``: the string ``"<video>\\n" + question``
+            through the tokenizer's own template, Qwen2-Instruct's, which adds its default system turn).
+        reply: ``"until"`` (the decoded reply cut at the task's ``until`` strings and stripped) or ``"raw"`` (as
+            decoded, what lmms-eval's ``llava_hf``, ``qwen2_5_vl`` and ``qwen3_vl`` wrappers return).
     """
 
     system_prompt: str | None = None
@@ -101,10 +106,12 @@ class Preprocessing:
     min_pixels: int | None = None
     max_pixels: int | None = None
     video_layout: str = "flat"
+    chat_template: str = "processor"
+    reply: str = "until"
 
 
 #: the :class:`Preprocessing` settings an adapter implements or refuses (``VideoAdapter.preprocessing_options``)
-PER_FAMILY_OPTIONS = ("video_resize", "min_pixels", "max_pixels", "video_layout")
+PER_FAMILY_OPTIONS = ("video_resize", "min_pixels", "max_pixels", "video_layout", "chat_template")
 
 
 class VideoAdapter:
@@ -145,10 +152,19 @@ class VideoAdapter:
                              f"{self.family!r}")
 
     def prompt(self, question: str) -> str:
+        """The prompt text with one video placeholder (``Preprocessing.chat_template`` says whose template)."""
+        system = self.preprocessing.system_prompt
+        if self.preprocessing.chat_template == "tokenizer":  # lmms-eval's llava_hf: one string, the tokenizer's own
+            tok = self.processor.tokenizer
+            if tok.chat_template is None:
+                raise ValueError("model.chat_template='tokenizer' but this checkpoint's tokenizer has no chat template")
+            messages = [{"role": "user", "content": f"{self.processor.video_token}\n{question}"}]
+            if system is not None:
+                messages.insert(0, {"role": "system", "content": system})
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        if self.preprocessing.system_prompt is not None:
-            messages.insert(0, {"role": "system",
-                                "content": [{"type": "text", "text": self.preprocessing.system_prompt}]})
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
@@ -212,8 +228,8 @@ def load_adapter(family: str, **kwargs):
 
 def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, method, budget: float, video_token_id: int,
                        n_vis: int, token_mask: torch.Tensor | None = None, max_new_tokens: int,
-                       stop: list[str] | None, deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
-                       **generate_kwargs):
+                       stop: list[str] | None, reply: str = "until",
+                       deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None, **generate_kwargs):
     """The LLM half shared by the adapters: greedy ``generate`` on the assembled ``inputs_embeds`` under the
     method's decoder hooks, with the prefill / decode split taken from the first LLM forward.
 
@@ -224,6 +240,8 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
         n_vis: prunable visual positions at the start of the video span (in-LLM methods never drop the rest).
         token_mask: ``[S_v]`` over the video span, True for visual tokens, False for layout tokens (newlines);
             None: all visual. In-LLM drops are counted in visual tokens through it.
+        reply: ``"until"``: the text cut at the first of ``stop`` and stripped; ``"raw"``: as decoded
+            (:class:`Preprocessing`).
         deepstack: ``(positions [V], maps)`` with ``maps[i] [V, D]`` added after decoder layer ``i`` at prefill
             (Qwen3-VL, :func:`tango.hooks.add_after_layers`), kept aligned with any in-LLM drop.
     Returns:
@@ -256,9 +274,13 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
     ms = sw.results()
     new_tokens = out.shape[1]
     text = processor.batch_decode(out, skip_special_tokens=True)[0]
-    for s in stop or []:
-        if s and s in text:
-            text = text[: text.index(s)]
+    if reply == "until":
+        for s in stop or []:
+            if s and s in text:
+                text = text[: text.index(s)]
+        text = text.strip()
+    elif reply != "raw":
+        raise ValueError(f"reply={reply!r}; valid: 'until', 'raw'")
     seq = int(ids.shape[1])
     stats = {
         "tokens_in": int(sel.stats["tokens_in"]),
@@ -285,4 +307,4 @@ def prefill_and_decode(model, processor, sw, t_start, *, embeds, ids, sel, metho
     if "pruned_steps" in state:  # decode-time KV selection
         stats["kv_steps"], stats["kv_pruned_steps"] = state["steps"], state["pruned_steps"]
     stats.update({f"method/{k}": v for k, v in sel.stats.items() if k not in ("tokens_in", "tokens_out")})
-    return text.strip(), stats, per_layer, ms
+    return text, stats, per_layer, ms

@@ -50,6 +50,7 @@ class LlavaOneVision(VideoAdapter):
                       hub_id="llava-hf/llava-onevision-qwen2-7b-ov-hf", full_config=full_configs.llava_ov_7b_config,
                       offline_processor=full_configs.llava_processor, build_tiny=build_tiny_llava_ov,
                       video_tokens=_tokens("llava_ov"), prefill_flops=_prefill_flops)
+    preprocessing_options = ("chat_template",)
 
     def __init__(self, pretrained: str, device: torch.device, dtype: str = "bfloat16",
                  attn_implementation: str = "sdpa", tiny: bool = False, seed: int = 0,
@@ -167,7 +168,7 @@ class LlavaOneVision(VideoAdapter):
         text, stats, per_layer, ms = prefill_and_decode(
             self.model, self.processor, sw, t_start, embeds=embeds, ids=ids, sel=sel, method=method, budget=budget,
             video_token_id=self.video_token_id, n_vis=n_vis, token_mask=token_mask, max_new_tokens=max_new_tokens,
-            stop=stop)
+            stop=stop, reply=self.preprocessing.reply)
         flops = llava_ov_prefill_flops(self.model.config, n, per_layer,
                                        with_head=getattr(self.model.model.vision_tower, "head", None) is not None)
         stats.update({k.replace("flops_", "tflops_"): v / 1e12 for k, v in flops.items()})

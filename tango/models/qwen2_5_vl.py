@@ -72,6 +72,7 @@ class Qwen25VL(VideoAdapter):
                       offline_processor=full_configs.qwen2_5_vl_processor, build_tiny=build_tiny_qwen2_5_vl,
                       video_tokens=_video_tokens, prefill_flops=_prefill_flops)
 
+    preprocessing_options = ("video_resize", "min_pixels", "max_pixels")
     #: ``(rows [T * L, ...], grid_thw, vision_cfg) -> [T, L, ...]`` for the attention sources; None: undo the window
     #: permutation (:func:`_to_raster`).
     to_raster = None
@@ -219,7 +220,7 @@ class Qwen25VL(VideoAdapter):
         text, stats, per_layer, ms = prefill_and_decode(
             self.model, self.processor, sw, t_start, embeds=embeds, ids=ids_p, sel=sel, method=method, budget=budget,
             video_token_id=self.video_token_id, n_vis=int(is_video_p.sum()), max_new_tokens=max_new_tokens, stop=stop,
-            position_ids=pos_p)
+            reply=self.preprocessing.reply, position_ids=pos_p)
         return self._finish(text, stats, per_layer, ms, thw)
 
     def pruned_positions(self, inputs: dict, indices: torch.Tensor, kept: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,7 +120,7 @@ class Qwen3VL(Qwen25VL):
         text, stats, per_layer, ms = prefill_and_decode(
             self.model, self.processor, sw, t_start, embeds=embeds, ids=ids_p, sel=sel, method=method, budget=budget,
             video_token_id=self.video_token_id, n_vis=int(is_video_p.sum()), max_new_tokens=max_new_tokens, stop=stop,
-            position_ids=pos_p, deepstack=(visual_pos, maps))
+            reply=self.preprocessing.reply, position_ids=pos_p, deepstack=(visual_pos, maps))
         stats["frames_emptied"] = n - int(torch.unique(torch.div(indices, length, rounding_mode="floor")).numel())
         return self._finish(text, stats, per_layer, ms, thw)
 

@@ -188,3 +188,37 @@ def test_pooling_head_loaded_from_a_siglip_checkpoint(tiny_llava_dir, tmp_path, 
     no_source.model.model.vision_tower.use_head = False
     with pytest.raises(ValueError, match="model.pooling_head"):
         no_source.generate(inputs, clip, NeedsAttention(), 0.5, max_new_tokens=1)
+
+
+def test_reply_until_cuts_and_strips_raw_keeps_the_decoded_text(adapter, clip):
+    from tango.models.base import Preprocessing
+
+    inputs = adapter.prepare(clip, "Which way does it move?")
+    try:
+        adapter.configure(Preprocessing(reply="raw"))
+        raw = adapter.generate(inputs, clip, build_method("none"), 1.0, max_new_tokens=6, stop=["x"]).text
+        assert len(raw) >= 3
+        stop = [raw[1:3]]
+        assert adapter.generate(inputs, clip, build_method("none"), 1.0, max_new_tokens=6, stop=stop).text == raw
+        adapter.configure(Preprocessing(reply="until"))
+        cut = adapter.generate(inputs, clip, build_method("none"), 1.0, max_new_tokens=6, stop=stop).text
+        assert cut == raw[:raw.index(stop[0])].strip() != raw
+    finally:
+        adapter.configure(Preprocessing())
+
+
+def test_tokenizer_chat_template_is_llava_hfs_prompt(adapter):
+    """``chat_template=tokenizer``: the string lmms-eval's llava_hf builds (``"<video>\\n" + question`` through the
+    tokenizer's own template, with its default system turn); ``processor``: the processor's template."""
+    from tango.models.base import Preprocessing
+
+    try:
+        adapter.configure(Preprocessing(chat_template="tokenizer"))
+        assert adapter.prompt("Q?") == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                        "<|im_start|>user\n<video>\nQ?<|im_end|>\n<|im_start|>assistant\n")
+        adapter.configure(Preprocessing(chat_template="tokenizer", system_prompt="S"))
+        assert adapter.prompt("Q?").startswith("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n<video>\nQ?")
+        adapter.configure(Preprocessing())
+        assert adapter.prompt("Q?") == "<|im_start|>user\n<video>\nQ?<|im_end|>\n<|im_start|>assistant\n"
+    finally:
+        adapter.configure(Preprocessing())
