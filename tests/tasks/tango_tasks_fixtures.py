@@ -87,13 +87,14 @@ def _parquet(path: Path, rows: list[dict]) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
-def build_data_root(root: Path, mvbench_fallback_sub: str = "moving_count") -> dict:
-    """Write annotations + videos for all four benchmarks under ``root``; return {benchmark: [video paths]}."""
+def build_data_root(root: Path, mvbench_fallback_sub: str = "moving_count", frames: int = 4) -> dict:
+    """Write annotations + videos (``frames`` frames each) for all four benchmarks under ``root``; return
+    {benchmark: [video paths]}."""
     from tango.tasks.layout import mvbench_data_list, mvbench_subtasks
 
     root.mkdir(parents=True, exist_ok=True)
     proto = root / "proto.mp4"
-    write_tiny_mp4(proto)
+    write_tiny_mp4(proto, frames=frames)
     videos: dict[str, list[Path]] = {}
 
     def put(key: str, path: Path) -> None:
