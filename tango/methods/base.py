@@ -125,6 +125,21 @@ class PruningMethod:
                                       f"does not implement decoder_hooks")
         return nullcontext({})
 
+    @property
+    def servable(self) -> bool:
+        """True when the method acts before the LLM only and ``prune`` always returns exactly :meth:`count` tokens,
+        so a serving engine can size the prompt before the vision encoder runs (vLLM writes that many video
+        placeholders; a model returning another count kills the engine, docs/vllm-serving.md). Tested for every
+        registered method (``tests/methods/test_servable.py``)."""
+        return False
+
+    def count(self, num_frames: int, tokens_per_frame: int, budget: float,
+              grid: tuple[int, int] | None = None) -> int:
+        """The number of tokens ``prune`` returns for every ``x [num_frames, tokens_per_frame, D]`` at ``budget``
+        (``grid``: the pooled ``(H, W)``), for a :attr:`servable` method; others raise, their count depends on the
+        video."""
+        raise NotImplementedError(f"method {self.name!r}: its kept count depends on the video, so it is not servable")
+
     def check_feasible(self, budget: float, num_frames: int) -> None:
         """Raise ``ValueError`` naming the values if this method cannot run at ``budget`` with at most
         ``num_frames`` sampled frames per video. Called when a run is composed, before any model loads; the default

@@ -46,6 +46,14 @@ class RandomDrop(PruningMethod):
         if self.mode not in MODES:
             raise ValueError(f"random: mode={self.mode!r} is invalid; valid: {list(MODES)}")
 
+    servable = True
+
+    def count(self, num_frames, tokens_per_frame, budget, grid=None) -> int:
+        n, l = num_frames, tokens_per_frame
+        if check_budget(budget) == 1.0:
+            return n * l
+        return n * max(1, round(l * budget)) if self.mode == "per_frame" else max(1, round(n * l * budget))
+
     def prune(self, x: Tensor, *, budget: float, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         """Keep a random subset of ``x [N, L, D]``'s tokens, ascending flat order."""
         budget = check_budget(budget)
@@ -64,6 +72,19 @@ class RandomDrop(PruningMethod):
             rule = f"round(N*L*r)={k} per video"
         return Selection(tokens=x.reshape(n * l, d)[idx], indices=idx,
                          stats={"tokens_in": n * l, "tokens_out": int(idx.numel()), "budget_rule": rule})
+
+
+def _frame_grid(l: int, grid: tuple[int, int] | None) -> tuple[int, int]:
+    """``(H, W)`` of an ``L``-token frame: ``grid``, or the square one when it is None."""
+    if grid is None:
+        side = math.isqrt(l)
+        if side * side != l:
+            raise ValueError(f"uniform_pool: L={l} is not a square grid: pass grid=(H, W)")
+        grid = (side, side)
+    h, w = int(grid[0]), int(grid[1])
+    if h * w != l:
+        raise ValueError(f"uniform_pool: grid {(h, w)} does not match L={l} tokens per frame")
+    return h, w
 
 
 def pooled_grid(h: int, w: int, budget: float) -> tuple[int, int]:
@@ -95,20 +116,21 @@ class UniformPool(PruningMethod):
     display_name = "Uniform pooling"
     color = "#DDCC77"
 
+    servable = True
+
+    def count(self, num_frames, tokens_per_frame, budget, grid=None) -> int:
+        if check_budget(budget) == 1.0:
+            return num_frames * tokens_per_frame
+        ph, pw = pooled_grid(*_frame_grid(tokens_per_frame, grid), budget)
+        return num_frames * ph * pw
+
     def prune(self, x: Tensor, *, budget: float, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         """Pool ``x [N, L, D]`` (``L = H * W``, raster order) per frame to ``(h', w')`` cells, raster order."""
         budget = check_budget(budget)
         if budget == 1.0:
             return identity_selection(x)
         n, l, d = x.shape
-        if grid is None:
-            side = math.isqrt(l)
-            if side * side != l:
-                raise ValueError(f"uniform_pool: L={l} is not a square grid: pass grid=(H, W)")
-            grid = (side, side)
-        h, w = int(grid[0]), int(grid[1])
-        if h * w != l:
-            raise ValueError(f"uniform_pool: grid {(h, w)} does not match L={l} tokens per frame")
+        h, w = _frame_grid(l, grid)
         ph, pw = pooled_grid(h, w, budget)
         pooled = F.adaptive_avg_pool2d(x.reshape(n, h, w, d).permute(0, 3, 1, 2), (ph, pw))  # [N, D, h', w']
         tokens = pooled.permute(0, 2, 3, 1).reshape(n * ph * pw, d)

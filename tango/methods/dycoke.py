@@ -249,6 +249,18 @@ class DyCoke(PruningMethod):
                 "anchor_keep": anchor_keep, "anchor_frames": anchors,
                 "dropped_frames": num_frames - n_used, "tokens_out": out, "ttm_floor": floor / total}
 
+    @property
+    def servable(self) -> bool:
+        """Stage 1 (TTM) alone: its count is :meth:`plan`'s; stage 2 prunes the KV cache inside the decoder."""
+        return not self.kv_pruning
+
+    def count(self, num_frames, tokens_per_frame, budget, grid=None) -> int:
+        if not self.servable:
+            return super().count(num_frames, tokens_per_frame, budget, grid)
+        if check_budget(budget) == 1.0:
+            return num_frames * tokens_per_frame
+        return self.plan(num_frames, tokens_per_frame, budget)["tokens_out"]
+
     def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         """TTM on ``x [N, L, D]``; the KV stage runs later, in the decoder (``kv_select``)."""
         budget = check_budget(budget)

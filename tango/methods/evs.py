@@ -70,6 +70,13 @@ class EVS(PruningMethod):
         """vLLM's ``video_pruning_rate`` q for the harness's ``budget``: ``1 - budget``."""
         return 1.0 - check_budget(budget)
 
+    servable = True
+
+    def count(self, num_frames, tokens_per_frame, budget, grid=None) -> int:
+        if check_budget(budget) == 1.0:
+            return num_frames * tokens_per_frame
+        return evs_count(tokens_per_frame, num_frames, self.pruning_rate(budget))
+
     def prune(self, x: Tensor, *, budget: float, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         """EVS on ``x [N, L, D]``; returns ``max(L, int(N L (1 - q)))`` tokens in ascending flat order."""
         budget = check_budget(budget)

@@ -16,6 +16,12 @@ class NoPruning(PruningMethod):
     display_name = "Full tokens"
     color = "#000000"  # Okabe-Ito
 
+    servable = True
+
+    def count(self, num_frames, tokens_per_frame, budget=1.0, grid=None) -> int:
+        check_budget(budget)
+        return num_frames * tokens_per_frame
+
     def prune(self, x: Tensor, *, budget: float = 1.0, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         check_budget(budget)
         return identity_selection(x)

@@ -66,6 +66,12 @@ def vidcom2_scores(x: Tensor, channel_ratio: float) -> tuple[Tensor, Tensor]:
     return video_sim, gaussian_similarity(f, f.mean(dim=1, keepdim=True))
 
 
+def vllm_count(num_frames: int, tokens_per_frame: int, q: float) -> int:
+    """vLLM's exact count at pruning rate ``q``: ``max(N, min(int(N L (1 - q)), N L))``."""
+    n, l = num_frames, tokens_per_frame
+    return max(n, min(int(n * l * (1.0 - q)), n * l))
+
+
 def frame_budgets(v: Tensor, ratio: float, temperature: float, cap: bool) -> Tensor:
     """``[N]`` long: ``max(round(min(ratio (1 + p_i - mean p), 1) L), 1)`` (and ``<= L`` with ``cap``)."""
     u = -v.mean(dim=-1)
@@ -98,6 +104,18 @@ class VidCom2(PruningMethod):
         if self.temperature <= 0:
             raise ValueError(f"vidcom2: temperature={self.temperature!r} is invalid; valid: > 0")
 
+    @property
+    def servable(self) -> bool:
+        """Only with vLLM's exact count (``count_rule="vllm"``); the authors' per-frame sum depends on the video."""
+        return self.count_rule == "vllm"
+
+    def count(self, num_frames, tokens_per_frame, budget, grid=None) -> int:
+        if not self.servable:
+            return super().count(num_frames, tokens_per_frame, budget, grid)
+        if check_budget(budget) == 1.0:
+            return num_frames * tokens_per_frame
+        return vllm_count(num_frames, tokens_per_frame, 1.0 - budget)
+
     def prune(self, x: Tensor, *, budget: float, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         """VidCom² on ``x [N, L, D]``: kept rows (copies) in ascending flat order."""
         budget = check_budget(budget)
@@ -114,8 +132,7 @@ class VidCom2(PruningMethod):
         stats = {"tokens_in": n * l, "count_rule": self.count_rule,
                  "frame_budget_min": int(k.min()), "frame_budget_max": int(k.max())}
         if vllm:
-            target = max(n, min(int(n * l * (1.0 - q)), n * l))
-            moved = target - int(keep.sum())
+            moved = vllm_count(n, l, q) - int(keep.sum())
             if moved:
                 # drop the kept tokens of largest score / add the unkept of smallest, over the whole video
                 pool = keep.nonzero().flatten() if moved < 0 else (~keep).nonzero().flatten()

@@ -158,6 +158,13 @@ class VisionZip(PruningMethod):
             return script, "scripts"
         return max(1, min(tokens_per_frame_in, round(tokens_per_frame_in * budget))), "round"
 
+    servable = True
+
+    def count(self, num_frames, tokens_per_frame, budget, grid=None) -> int:
+        if check_budget(budget) == 1.0:
+            return num_frames * tokens_per_frame
+        return num_frames * self.tokens_per_frame(tokens_per_frame, budget)[0]
+
     def prune(self, x, *, budget, attn=None, timestamps=None, grid=None, metric=None) -> Selection:
         """Per-frame VisionZip on ``x [N, L, D]`` with ``attn [N, L]`` and ``metric [N, L, Dm]`` (see module doc)."""
         budget = check_budget(budget)
