@@ -7,6 +7,7 @@ the rules.
     python scripts/make_tables.py --csv results/results.csv --models llava_ov --methods none tango --budgets 0.1 0.25
     python scripts/make_tables.py --compare results/tables/references/*.csv       # side by side with papers
     python scripts/make_tables.py --ci                                            # 95 % CIs in accuracy cells
+    python scripts/make_tables.py --serving results/serving/*.csv     # + serving under load (bench_serving.py)
     python scripts/make_tables.py --wandb-run new                  # also log the tables to W&B ($WANDB_MODE)
 """
 
@@ -46,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="record column to ablate over (or hp/<name> for a method hyperparameter)")
     p.add_argument("--compare", nargs="+", default=None,
                    help="reference CSV(s) (paper numbers, e.g. results/tables/references/*.csv, or results CSVs)")
+    p.add_argument("--serving", nargs="+", default=None,
+                   help="scripts/bench_serving.py CSV(s): adds the serving table (serving.md / .tex)")
     p.add_argument("--ci", action="store_true",
                    help="show 95%% paired-bootstrap CIs (over questions) in the accuracy cells instead of ± std")
     p.add_argument("--no-significance", action="store_true", help="skip the paired significance table")
@@ -69,6 +72,8 @@ def main(argv=None) -> int:
         tasks=tasks, seeds=_list(a.seeds), num_frames=a.num_frames, efficiency_task=a.efficiency_task,
         ablation_by=a.ablation_by, reference=reference, include_limited=a.include_limited, digits=a.digits,
         ci=a.ci, significance=not a.no_significance, n_boot=a.n_boot)
+    if a.serving:
+        tables["serving"] = T.serving_table(a.serving, digits=a.digits)
     written = T.write_outputs(tables, plot_data, a.out, plots=not a.no_plots, efficiency_task=a.efficiency_task,
                               tasks=tasks)
     n_ok = int((runs["status"] == "ok").sum()) if len(runs) else 0

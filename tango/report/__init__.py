@@ -104,7 +104,7 @@ from tango.report.plots import (pareto_front, plot_accuracy_by_type, plot_accura
 from tango.report.render import Cell, Stat, Table, cell_stat, latex_escape, log_wandb, num_cell, stat, write_outputs
 from tango.report.tables import (Questions, ablation_table, budget_matched_table, build_tables, efficiency_table,
                                  experiment_tables, frames_table, interpolate, main_table, regime_note,
-                                 significance_table, synthetic_table)
+                                 serving_table, significance_table, synthetic_table)
 
 __all__ = [
                                "BENCHMARKS",
@@ -153,6 +153,7 @@ __all__ = [
                                "read_references",
                                "regime_note",
                                "select",
+                               "serving_table",
                                "significance_table",
                                "split_ok_failed",
                                "stat",

@@ -618,3 +618,35 @@ def summary_table(ok: pd.DataFrame, failed: pd.DataFrame, model: str, task: str,
                f"when it is more than 1 point off the budget; – = no run; –† = every run failed (the errors are in the "
                f"full tables). Bold: best per row.", *notes]
     return t
+
+
+#: bench_serving configurations that are not harness methods
+SERVING_CONFIGS = {"full": "Full tokens", "vllm_evs": "EVS (vLLM's own)"}
+
+
+def serving_table(csvs: Sequence[str], digits: int = 1) -> Table:
+    """Serving under load (``scripts/bench_serving.py`` rows, ``results/serving/*.csv``): requests/s, TTFT p50 / p90
+    and output tokens/s per configuration, budget and concurrency; the latest row of each wins. Harness methods are
+    marked "via plugin"; the device, vLLM version and dates go to the notes."""
+    df = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
+    key = ["model", "config", "budget", "concurrency"]
+    df = df.drop_duplicates(key, keep="last")
+    order = {c: i for i, c in enumerate([*SERVING_CONFIGS, *METHODS])}
+    df = df.assign(_o=df["config"].map(lambda c: order.get(c, len(order)))).sort_values(
+        ["model", "_o", "budget", "concurrency"])
+    columns = ["Model", "Method", "Budget", "Concurrency", "Req/s", "TTFT p50 (ms)", "TTFT p90 (ms)", "Out tok/s",
+               "Prompt tokens", "Completed"]
+    t = Table("serving", "Serving throughput under load (vLLM)", columns, data=df.drop(columns="_o"))
+
+    def num(v, d=digits):
+        return Cell(MISSING_MD, MISSING_MD) if _is_missing(v) else num_cell(Stat(float(v), n=1), d)
+
+    for _, r in df.iterrows():
+        name = SERVING_CONFIGS.get(r["config"]) or f"{method_name(r['config'])} (via plugin)"
+        t.rows.append([text_cell(r["model"]), text_cell(name), num(r["budget"], 2), num(r["concurrency"], 0),
+                       num(r["req_s"], 2), num(r["ttft_p50_ms"]), num(r["ttft_p90_ms"]), num(r["output_tok_s"]),
+                       num(r["prompt_tokens"], 0), text_cell(f"{r['completed']}/{r['requests']}", "r")])
+    for (device, vllm), g in df.groupby(["device", "vllm"]):
+        dates = ", ".join(sorted(set(g["date"])))
+        t.notes.append(f"{device}, vLLM {vllm}, torch {g['torch'].iloc[0]}, measured {dates} ({len(g)} rows).")
+    return t
