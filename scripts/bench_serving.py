@@ -133,9 +133,10 @@ class Server:
 
 
 def one_request(url: str, model: str, video_b64: str, max_tokens: int, timeout: float) -> dict:
-    """A streamed chat completion; ``ttft`` is the first content chunk's arrival, seconds from sending."""
+    """A streamed chat completion; ``ttft`` is the arrival of the first chunk that counts a generated token (vLLM's
+    per-chunk usage; a content test would miss tokens that do not yet decode to text), seconds from sending."""
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "messages": [{"role": "user", "content": [
                 {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{video_b64}"}},
                 {"type": "text", "text": "Describe the motion in the video."}]}]}
@@ -149,9 +150,9 @@ def one_request(url: str, model: str, video_b64: str, max_tokens: int, timeout: 
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if ttft is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
-                ttft = time.perf_counter() - start
             usage = chunk.get("usage") or usage
+            if ttft is None and usage.get("completion_tokens", 0) >= 1:
+                ttft = time.perf_counter() - start
     return {"ttft": ttft, "end": time.perf_counter() - start, "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens", 0)}
 
