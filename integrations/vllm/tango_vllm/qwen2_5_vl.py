@@ -76,17 +76,15 @@ def method_from_config(hf_config) -> Any:
     return method
 
 
-def text_position(rule: str, grid_thw: Sequence[int], merge: int, seconds_per_grid: float,
-                  tokens_per_second: float) -> int:
-    """Where the text after the video starts, relative to the video's base position (the 4th channel)."""
-    t, h, w = (int(v) for v in grid_thw)
-    lh, lw = h // merge, w // merge
+def text_position(rule: str, positions: torch.Tensor, grid: tuple[int, int]) -> int:
+    """Where the text after the video starts, relative to the video's base position (the 4th channel), from the
+    unpruned video's ``positions [T * L, 3+]`` (``compute_mrope_for_media``) and its merged grid ``(H, W)``."""
     if rule == "hf5":
-        return max(lh, lw)
+        return max(grid)
     if rule == "evs":
-        return lw
+        return grid[1]
     if rule == "max1":
-        return max(int((t - 1) * tokens_per_second * seconds_per_grid), lh - 1, lw - 1) + 1
+        return int(positions[:, :3].max()) + 1
     raise ValueError(f"tango_text_pos={rule!r}; valid: {list(TEXT_POSITIONS)}")
 
 
@@ -149,7 +147,7 @@ class TangoQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration
                                    f"{expected} (grid {thw})")
             pos = compute_mrope_for_media(torch.tensor(thw), merge, tokens_per_second=tps,
                                           video_second_per_grid=float(spg))
-            pos[:, 3] = text_position(self.tango_text_pos, thw, merge, float(spg), tps)
+            pos[:, 3] = text_position(self.tango_text_pos, pos, grid)
             pos = pos.to(emb.device)[sel.indices.to(emb.device)]
             out.append(torch.cat([sel.tokens.to(emb.dtype), pos.to(emb.dtype)], dim=1))
             if os.environ.get(RECORD_ENV):  # the kept indices, for parity tests against the harness

@@ -83,6 +83,15 @@ def test_harness_evs_through_the_plugin_equals_vllms_own_evs(checkpoint, tmp_pat
     assert ours["tokens"] == stock["tokens"] and ours["logprob"] == stock["logprob"]
 
 
+def test_identity_with_max1_positions_equals_vllms_unpruned_model(checkpoint, tmp_path):
+    """``none`` through the pruning path with ``tango_text_pos=max1`` is vLLM's own unpruned Qwen2.5-VL (transformers
+    4.x's positions): the same prompt, tokens and logprobs."""
+    stock = _engine(checkpoint, tmp_path, _prompt(), rate=None)
+    ours = _engine(checkpoint, tmp_path, _prompt(), method="none", text_pos="max1")
+    assert ours["prompt_tokens"] == stock["prompt_tokens"]
+    assert ours["tokens"] == stock["tokens"] and ours["logprob"] == stock["logprob"]
+
+
 @pytest.mark.parametrize("method, hparams", [("none", {}), ("dycoke", {"kv_pruning": False}),
                                              ("random", {"seed": 3})])
 def test_same_kept_tokens_and_first_logprob_as_the_harness(checkpoint, tmp_path, method, hparams):
