@@ -287,6 +287,8 @@ PREPROCESSING_DEFAULTS = {k: getattr(Preprocessing(), k) for k in PER_FAMILY_OPT
 #: value is a different configuration.
 ADDED_LATER = {("model", "frame_sampling"): "uniform",
                **{("model", f.name): f.default for f in fields(Preprocessing)}}
+#: the same, per method (``method.name`` -> setting -> the value of runs recorded before the setting existed)
+METHOD_ADDED_LATER = {name: {"count_rule": "authors"} for name in ("tango", "holitom", "flashvid")}
 
 
 def identity(cfg: Any) -> dict:
@@ -296,6 +298,10 @@ def identity(cfg: Any) -> dict:
     for (group, key), before in ADDED_LATER.items():
         if isinstance(out.get(group), dict) and out[group].get(key) == before:
             out[group] = {k: v for k, v in out[group].items() if k != key}
+    method = out.get("method")
+    if isinstance(method, dict):
+        before = METHOD_ADDED_LATER.get(method.get("name"), {})
+        out["method"] = {k: v for k, v in method.items() if k not in before or v != before[k]}
     task = out.get("task") or {}
     if task.get("synthetic") is not None or task.get("data_root") is not None:
         # A generated task's folder is named after its data source under the cache dir: where it lies is not data.

@@ -155,3 +155,89 @@ def identity_selection(x: Tensor) -> Selection:
         indices=torch.arange(n * l, device=x.device),
         stats={"tokens_in": n * l, "tokens_out": n * l},
     )
+
+
+#: ``count_rule`` values of the methods whose authors' count depends on the video (Tango, HoliTom, FlashVID)
+COUNT_RULES = ("authors", "exact")
+EXACT_REGIME = "exact_count"
+
+
+def exact_count(num_frames: int, tokens_per_frame: int, fraction: float) -> int:
+    """``round(fraction * N * L)`` (Python's half-to-even), clamped to ``[1, N * L]``: the budget's own definition."""
+    total = num_frames * tokens_per_frame
+    return min(total, max(1, round(fraction * total)))
+
+
+def reconcile(indices: Tensor, score: Tensor, target: int) -> tuple[Tensor, Tensor]:
+    """The reconcile step of the ``count_rule="exact"`` variants: which outputs to keep and which source tokens to
+    add so that exactly ``target`` tokens remain.
+
+    Args:
+        indices: ``[M]`` long, the outputs' representative flat indices (duplicates allowed).
+        score: ``[N * L]`` the method's own saliency of every source token.
+        target: the exact count.
+    Returns:
+        ``keep [M]`` bool (above ``target``: the ``M - target`` outputs whose representative scores lowest are
+        dropped, the earlier output first on ties) and ``added [K]`` long, ascending (below ``target``: the
+        ``target - M`` source tokens of highest score that represent no output, the lower index first on ties; they
+        enter with their own features).
+    """
+    m = indices.numel()
+    keep = torch.ones(m, dtype=torch.bool, device=indices.device)
+    added = indices.new_zeros(0)
+    if target < m:
+        keep[torch.argsort(score[indices], stable=True)[: m - target]] = False
+    elif target > m:
+        free = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
+        free[indices] = False
+        pool = free.nonzero().flatten()
+        added = pool[torch.argsort(score[pool], descending=True, stable=True)[: target - m]].sort().values
+    return keep, added
+
+
+class ExactCount:
+    """Servable variant of a method whose authors' kept count depends on the video: with ``count_rule="exact"`` the
+    method's own output is reconciled to :func:`exact_count` of its pre-LLM fraction by :func:`reconcile` (as vLLM's
+    VidCom² port reconciles its count), recorded as regime ``exact_count``. Mixed into a :class:`PruningMethod`
+    dataclass that declares ``count_rule: str = "authors"`` and implements ``pre_llm_fraction(budget)``."""
+
+    nonstandard_regimes: ClassVar[dict[str, str]] = {
+        EXACT_REGIME: ("count_rule=exact: the method's output reconciled to round(budget * N * L) tokens by its own "
+                       "saliency (lowest-scoring outputs dropped, highest-scoring unrepresented tokens added), the "
+                       "servable variant, not the authors' algorithm")}
+
+    def check_count_rule(self) -> None:
+        if self.count_rule not in COUNT_RULES:
+            raise ValueError(f"{self.name}: count_rule={self.count_rule!r} is invalid; valid: {list(COUNT_RULES)}")
+
+    @property
+    def servable(self) -> bool:
+        """With ``count_rule="exact"`` and no stage inside the LLM."""
+        return self.count_rule == "exact" and self.stage == "pre_llm"
+
+    def count(self, num_frames, tokens_per_frame, budget, grid=None) -> int:
+        if not self.servable:
+            return PruningMethod.count(self, num_frames, tokens_per_frame, budget, grid)
+        return exact_count(num_frames, tokens_per_frame, self.pre_llm_fraction(check_budget(budget)))
+
+    def exact_plan(self, indices: Tensor, score: Tensor, budget: float, stats: dict) -> tuple[Tensor, Tensor]:
+        """``(keep [M], added [K])`` (:func:`reconcile`) bringing the outputs ``indices [M]`` to the exact count for
+        ``score [N, L]`` at ``budget``; records the regime, the target and the signed number of tokens moved in
+        ``stats``."""
+        n, l = score.shape
+        target = exact_count(n, l, self.pre_llm_fraction(budget))
+        keep, added = reconcile(indices, score.reshape(n * l).float(), target)
+        stats.update(regime=EXACT_REGIME, count_rule=self.count_rule, count_target=target,
+                     reconciled=target - int(indices.numel()),
+                     budget_rule="round(budget*N*L), reconciled by saliency (count_rule=exact)")
+        return keep, added
+
+    def exact_sorted(self, sel: Selection, x: Tensor, score: Tensor, budget: float) -> Selection:
+        """``sel`` (outputs in ascending flat-index order) at the exact count: added tokens enter with their own
+        features of ``x [N, L, D]`` at their index (a stable sort keeps the order of equal indices)."""
+        keep, added = self.exact_plan(sel.indices, score, budget, sel.stats)
+        indices = torch.cat([sel.indices[keep], added])
+        order = indices.argsort(stable=True)
+        tokens = torch.cat([sel.tokens[keep], x.reshape(-1, x.shape[-1])[added].to(sel.tokens.dtype)])
+        sel.stats["tokens_out"] = int(indices.numel())
+        return Selection(tokens=tokens[order], indices=indices[order], stats=sel.stats)

@@ -44,6 +44,10 @@ Intentional deviations:
 - ADTS keeps a running minimum over the picked rows instead of recomputing it from all picked rows at every step
   (the same values; O(A L) instead of O(A^2 L) per frame). TSTM walks the frames of a segment from last to first
   (each frame's accumulation needs the next frame's), as upstream; everything else is batched over frames.
+- ``count_rule="exact"`` (a variant, recorded as regime ``exact_count``; the default ``"authors"`` is the reference):
+  the output is reconciled to ``round(r expansion N L)`` tokens by ``attn``: the outputs whose representative has
+  the lowest attention are dropped, or the tokens of highest attention no output represents are added with their own
+  features (:func:`~tango.methods.base.reconcile`), so the method is servable.
 - When ``(A + S) F >= F L`` (budgets near 1) upstream's lower-bound ``topk`` fails; here nothing is merged.
 - The in-LLM stage needs the decoder layers to exist: ``pruning_layer`` must be below the model's layer count.
 - LLaVA-Video: the authors' script uses ``mm_newline_position=frame`` (a newline after each frame's kept tokens,
@@ -68,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+from tango.methods.base import ExactCount, PruningMethod, Selection, check_budget, identity_selection
 from tango.methods.dpc import columns_argmin, dpc_knn
 
 UPSTREAM = "github.com/Fanziyang-v/FlashVID@1d37422c5afcaa15ee46b5355f5ba798fa93290a"
@@ -169,7 +173,7 @@ def cluster_means(tokens: Tensor, c: int, gen: torch.Generator, noise: float) ->
 
 
 @dataclass
-class FlashVID(PruningMethod):
+class FlashVID(ExactCount, PruningMethod):
     """FlashVID: ADTS + tree merging before the LLM, FastV-style pruning inside it (see module doc)."""
 
     name: str = "flashvid"
@@ -199,6 +203,8 @@ class FlashVID(PruningMethod):
     seed: int = 0
     #: amplitude of that noise.
     dpc_noise: float = 1e-6
+    #: "authors" (ceil(L r expansion) per frame, merged clusters) or "exact" (reconciled to round(r expansion N L)).
+    count_rule: str = "authors"
 
     stage = "pre_llm"
     display_name = "FlashVID"
@@ -218,6 +224,7 @@ class FlashVID(PruningMethod):
         for ok, field_name, valid in checks:
             if not ok:
                 raise ValueError(f"flashvid: {field_name}={getattr(self, field_name)!r} is invalid; valid: {valid}")
+        self.check_count_rule()
         self.stage = "both" if self.inner_llm else "pre_llm"
 
     def decoder_hooks(self, decoder, budget: float):
@@ -237,6 +244,10 @@ class FlashVID(PruningMethod):
             top = visual[row.mean(0)[visual].topk(keep).indices]
             return keep_positions(row.shape[1], visual, top)
         return drop_tokens_after(decoder.layers, self.pruning_layer, select, attention_row=decoder.attention_row)
+
+    def pre_llm_fraction(self, budget: float) -> float:
+        """``budget * expansion``, capped at 1."""
+        return min(budget * self.expansion, 1.0)
 
     def prune(self, x: Tensor, *, budget: float, attn: Tensor | None = None, timestamps=None, grid=None,
               metric=None) -> Selection:
@@ -283,9 +294,10 @@ class FlashVID(PruningMethod):
         idx = torch.cat(out_idx)
         order = idx.argsort(stable=True)
         idx = idx[order]
-        return Selection(tokens=torch.cat(out_tok)[order].to(x.dtype), indices=idx,
-                         stats={"tokens_in": n * l, "tokens_out": int(idx.numel()), "adts_per_frame": a,
-                                "merged_per_frame": s, "segments": sum(1 for z in lengths if z > 0),
-                                "empty_segments": sum(1 for z in lengths if z == 0),
-                                "duplicate_indices": int(idx.numel() - idx.unique().numel()),
-                                "budget_rule": f"ceil(L*r*{self.expansion:g})={a + s} per frame, {a} by ADTS"})
+        sel = Selection(tokens=torch.cat(out_tok)[order].to(x.dtype), indices=idx,
+                        stats={"tokens_in": n * l, "tokens_out": int(idx.numel()), "adts_per_frame": a,
+                               "merged_per_frame": s, "segments": sum(1 for z in lengths if z > 0),
+                               "empty_segments": sum(1 for z in lengths if z == 0),
+                               "duplicate_indices": int(idx.numel() - idx.unique().numel()),
+                               "budget_rule": f"ceil(L*r*{self.expansion:g})={a + s} per frame, {a} by ADTS"})
+        return self.exact_sorted(sel, x, attn, budget) if self.count_rule == "exact" else sel

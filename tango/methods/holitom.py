@@ -53,6 +53,10 @@ Intentional deviations:
   as frames; its grid is never used, so non-square Qwen grids are fine) with the adapter's ``last_layer`` source
   (the last full-attention ViT block), kept tokens keep their original M-RoPE positions, and the optional inner
   merge runs on the Qwen decoders through the same hooks. No script sets ``tau`` for Qwen: the LLaVA-OV rule applies.
+- ``count_rule="exact"`` (a variant, recorded as regime ``exact_count``; the default ``"authors"`` is the reference):
+  the output is reconciled to ``round(budget N L)`` tokens by ``attn``: the outputs whose representative has the
+  lowest attention are dropped, or the tokens of highest attention no output represents are added with their own
+  features as dynamic tokens of their frame (:func:`~tango.methods.base.reconcile`), so the method is servable.
 - Similarities, distances and merges are computed in float32 (upstream: the model dtype, fp16 in its scripts).
 - Tie-breaking noise ``U(0, dpc_noise)`` comes from a ``torch.Generator`` seeded with ``seed`` (upstream: the global
   RNG, unseeded), drawn in upstream's order (one draw per window with static centres, in time order), so a run is
@@ -75,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+from tango.methods.base import ExactCount, PruningMethod, Selection, check_budget, identity_selection
 from tango.methods.dpc import dpc_knn
 from tango.methods.tango_ops import holitom_segments
 
@@ -178,7 +182,7 @@ def holitom_inner_merge(hidden: Tensor, attn: Tensor, prune: float) -> tuple[Ten
 
 
 @dataclass
-class HoliTom(PruningMethod):
+class HoliTom(ExactCount, PruningMethod):
     """HoliTom: global temporal windows, static merging, per-frame dynamic top-k before the LLM, and optionally the
     inner-LLM merge at ``inner_layer`` (see module doc)."""
 
@@ -201,6 +205,8 @@ class HoliTom(PruningMethod):
     inner_layer: int = 18
     #: fraction of the visual span pruned at layer K (``HOLITOM_r``; scripts: 0.5).
     inner_prune: float = 0.5
+    #: "authors" (per-frame ceil, rescaled for static windows) or "exact" (reconciled to round(budget N L): servable).
+    count_rule: str = "authors"
 
     needs_attention = True
     attention_source = "last_layer"  # attention received in the tower's last layer (VisionZip's source)
@@ -220,6 +226,7 @@ class HoliTom(PruningMethod):
             raise ValueError(f"inner_layer={self.inner_layer!r} must be >= 1")
         if not 0.0 <= self.inner_prune < 1.0:
             raise ValueError(f"inner_prune={self.inner_prune!r} must be in [0, 1)")
+        self.check_count_rule()
         self.stage = "both" if self.inner_llm else "pre_llm"
 
     def decoder_hooks(self, decoder, budget: float):
@@ -244,6 +251,10 @@ class HoliTom(PruningMethod):
             return keep, h[:, keep]
         return drop_tokens_after(decoder.layers, self.inner_layer, transform=transform,
                                  attention_row=decoder.attention_row)
+
+    def pre_llm_fraction(self, budget: float) -> float:
+        """The outer ratio is the budget (the inner merge, when on, lowers the layer average)."""
+        return budget
 
     def threshold(self, budget: float) -> float:
         """``tau``, or the authors' script value at ``budget``."""
@@ -305,10 +316,17 @@ class HoliTom(PruningMethod):
             parts_idx.append(s * l + pos[centres])
             parts_key.append(wi * 2 * total + torch.arange(c, device=x.device))
             kept_static += c
+        stats = {}
+        if self.count_rule == "exact":  # added tokens enter as dynamic tokens of their frame
+            keep, added = self.exact_plan(torch.cat(parts_idx), attn, budget, stats)
+            parts_tok = [torch.cat(parts_tok)[keep], x.reshape(n * l, d)[added]]
+            parts_key = [torch.cat(parts_key)[keep], window[added // l] * 2 * total + total + added]
+            parts_idx = [torch.cat(parts_idx)[keep], added]
         order = torch.cat(parts_key).argsort()
         tokens, indices = torch.cat(parts_tok)[order], torch.cat(parts_idx)[order]
-        stats = {"tokens_in": total, "tokens_out": int(indices.numel()), "windows": len(sizes),
+        stats |= {"tokens_in": total, "tokens_out": int(indices.numel()), "windows": len(sizes),
                  "multi_frame_windows": sum(w > 1 for w in sizes), "static_tokens": kept_static,
                  "total_reduced": total_reduced, "ratio_rescaled": ratio, "tau": tau, "inner_llm": self.inner_llm,
-                 "budget_rule": "ceil(L*r') per frame (RETAIN_RATIO r, rescaled to r' for static windows)"}
+                 "budget_rule": stats.get("budget_rule",
+                                          "ceil(L*r') per frame (RETAIN_RATIO r, rescaled to r' for static windows)")}
         return Selection(tokens=tokens.to(x.dtype), indices=indices, stats=stats)

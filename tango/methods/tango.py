@@ -60,6 +60,11 @@ Defaults follow the reference *code* (the run scripts for the hyperparameters). 
 - FastVID segmentation takes the per-frame global feature from ``metric`` (``[N, Dg]``, e.g. SigLIP's MAP-head
   output for LLaVA; a ``[N, L, Dm]`` metric is averaged over L), required; the Qwen2.5-VL adapter passes the
   per-frame mean of ``x`` (what upstream's Qwen2.5-VL copy does).
+- ``count_rule="exact"`` (a variant, recorded as regime ``exact_count``; the default ``"authors"`` is the reference):
+  the output is reconciled to ``round(r N L)`` tokens (``r`` the pre-LLM ratio) by the saliency (sinks zeroed):
+  the lowest-saliency outputs are dropped, or the highest-saliency tokens no output represents are added with their
+  own features (:func:`~tango.methods.base.reconcile`), so the count is known from the shape and the method is
+  servable (``integrations/vllm``).
 - Ablation switches not in upstream: ``use_st_rope=False`` (plain normalised features), ``salient_mode="topk"``
   (top-k_s by saliency), ``merge_context=False`` (context anchors keep their own features). ``context_ratio=0``
   gives all budget to salient tokens.
@@ -76,7 +81,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tango.methods import tango_ops
-from tango.methods.base import PruningMethod, Selection, check_budget, identity_selection
+from tango.methods.base import ExactCount, PruningMethod, Selection, check_budget, identity_selection
 from tango.methods.st_rope import check_sections, st_rope, strope_sections
 from tango.methods.tango_ops import (
     budget_split,
@@ -100,7 +105,7 @@ def _check(ok: bool, what: str, value, valid: str) -> None:
 
 
 @dataclass
-class Tango(PruningMethod):
+class Tango(ExactCount, PruningMethod):
     name: str = "tango"
     #: attention-sink positions on the pooled grid, zeroed in the saliency (per model; see configs/model_method).
     sink_indices: List[int] = field(default_factory=list)
@@ -150,6 +155,8 @@ class Tango(PruningMethod):
     inner_merge_weight: float = 0.6
     #: decoder layers the budget is averaged over (Qwen2-7B: 28).
     num_layers: int = 28
+    #: "authors" (the count the pipeline yields) or "exact" (reconciled to round(r N L) by saliency: servable).
+    count_rule: str = "authors"
 
     stage = "pre_llm"
     display_name = "Tango"
@@ -192,6 +199,7 @@ class Tango(PruningMethod):
         )
         _check(0.0 < self.inner_keep <= 1.0, "inner_keep", self.inner_keep, "(0, 1]")
         _check(0.0 <= self.inner_merge_weight <= 1.0, "inner_merge_weight", self.inner_merge_weight, "[0, 1]")
+        self.check_count_rule()
         # Instance-level override of the ClassVar: the LLaVA-Video config also acts inside the LLM.
         self.stage = "both" if self.inner_llm else "pre_llm"
 
@@ -202,6 +210,10 @@ class Tango(PruningMethod):
         if not self.inner_llm:
             return budget
         return pre_llm_ratio(budget, self.inner_layer, self.inner_keep, self.num_layers)
+
+    def pre_llm_fraction(self, budget: float) -> float:
+        """The pre-LLM ratio capped at 1 (``count_rule="exact"`` keeps ``round`` of it times ``N L``)."""
+        return min(self.pre_llm_budget(budget), 1.0)
 
     def segment_tau(self, budget: float) -> float:
         """Segmentation threshold for the *requested* budget (run scripts: 0.65 at r = 0.1, else 0.8)."""
@@ -401,7 +413,8 @@ class Tango(PruningMethod):
             single_frame_segments=int(single.numel()),
             **counts,
         )
-        return Selection(tokens=tokens, indices=indices, stats=stats)
+        sel = Selection(tokens=tokens, indices=indices, stats=stats)
+        return self.exact_sorted(sel, x, score, budget) if self.count_rule == "exact" else sel
 
     def segments(self, x: Tensor, budget: float, metric: Tensor | None = None) -> list[int]:
         """Segment sizes (frames) of the video ``x [N, L, D]`` for the requested ``budget``."""
