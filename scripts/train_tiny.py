@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", type=float, default=None, help="sweep: budgets (default .05 .1 .2 .3 .5)")
     p.add_argument("--num-videos", type=int, default=100, help="sweep: videos per evaluation seed")
     p.add_argument("--sweep-extra", nargs="*", default=[], help="sweep: extra Hydra overrides for every cell")
+    p.add_argument("--method-extra", nargs="*", default=[],
+                   help="sweep: extra Hydra overrides for the method cells only (not the full-token run), e.g. "
+                        "method.count_rule=exact experiment=exact_count 'variant={count_rule:exact}'")
     return p.parse_args(argv)
 
 
@@ -85,7 +88,8 @@ def main(argv=None) -> int:
         from tango.train import SWEEP_BUDGETS, SWEEP_METHODS, run_cell, sweep_cells
 
         cells = sweep_cells(seeds=a.seeds, methods=a.methods or SWEEP_METHODS, budgets=a.budgets or SWEEP_BUDGETS,
-                            num_videos=a.num_videos, extra=a.sweep_extra)
+                            num_videos=a.num_videos, extra=a.sweep_extra,
+                            method_extra=a.method_extra)
         for i, overrides in enumerate(cells):
             print(f"[sweep {i + 1}/{len(cells)}] " + " ".join(overrides), flush=True)
             run_cell(overrides)

@@ -342,18 +342,20 @@ SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 def sweep_cells(seeds=(0, 1, 2), methods=SWEEP_METHODS, budgets=SWEEP_BUDGETS, model: str = "tiny_llava_ov_trained",
-                task: str = "synthetic_pruning", num_videos: int = 100, extra: list[str] | tuple[str, ...] = ()
-                ) -> list[list[str]]:
+                task: str = "synthetic_pruning", num_videos: int = 100, extra: list[str] | tuple[str, ...] = (),
+                method_extra: list[str] | tuple[str, ...] = ()) -> list[list[str]]:
     """The Hydra override lists of the accuracy-vs-budget sweep: per evaluation seed ``k`` (run ``seed=k``, task
     ``task.synthetic.seed=1234+k``, generated in its own folder: the task config names it after its parameters), the
     full-token run and every
-    method x budget (per-model method settings come from ``configs/model_method/<model>_<method>.yaml``)."""
+    method x budget (per-model method settings come from ``configs/model_method/<model>_<method>.yaml``). ``extra``
+    overrides go to every cell, ``method_extra`` to the method cells only (a method setting and its ``variant``
+    label: the full-token run stays the standard one, and resumes)."""
     cells = []
     for k in seeds:
         base = [f"model={model}", f"task={task}", f"seed={k}", f"task.synthetic.seed={1234 + k}",
                 f"task.synthetic.num_videos={num_videos}", "logger=[csv]", "fail_fast=false", *extra]
         cells.append([*base, "method=none"])
-        cells += [[*base, f"method={m}", f"budget={b}"] for m in methods for b in budgets]
+        cells += [[*base, f"method={m}", f"budget={b}", *method_extra] for m in methods for b in budgets]
     return cells
 
 

@@ -382,3 +382,19 @@ def test_serving_table_from_bench_serving_rows(tmp_path):
     subprocess.run([sys.executable, str(root / "scripts" / "make_tables.py"), "--results", str(empty),
                     "--out", str(out), "--no-plots", "--serving", str(path)], check=True, capture_output=True)
     assert "DyCoke (via plugin)" in (out / "serving.md").read_text()
+
+
+def test_summary_table_puts_each_variant_next_to_its_method(runs):
+    """The README's exact-count comparison: with ``variants``, a recorded variant is its own column after its
+    method's standard one, holding only that variant's runs."""
+    ok, failed = T.split_ok_failed(T.select(runs))
+    ok = ok[ok["variant"].isin(["", '{"alpha": 1.5}', '{"alpha": 2.0}'])]
+    t = T.tables.summary_table(ok, failed, "llava_ov", "videomme", variants=True)
+    tango = t.columns.index("Tango")
+    assert t.columns[tango + 1:tango + 3] == ["Tango (alpha=1.5)", "Tango (alpha=2.0)"]
+    df = t.to_frame().set_index("Budget")
+    sel = ok[(ok.method == "tango") & (ok.task == "videomme") & (ok.model == "llava_ov") & (ok.budget == 0.15)]
+    for col, variant in (("Tango (alpha=1.5)", '{"alpha": 1.5}'), ("Tango (alpha=2.0)", '{"alpha": 2.0}')):
+        assert df.loc["15%", col].strip("*").startswith(f"{sel.loc[sel.variant == variant, 'accuracy'].mean():.1f}")
+    plain = T.tables.summary_table(ok[ok["variant"] == ""], failed, "llava_ov", "videomme")
+    assert not any("alpha" in c for c in plain.columns)

@@ -4,6 +4,7 @@ and :func:`build_tables`, which makes them all (see :mod:`tango.report` for the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -88,6 +89,18 @@ def regime_note(ok: pd.DataFrame, model: str, method: str, budget: float) -> str
     parts = [f"regime {h} in {sum(h in v.split('|') for v in vals)} of {len(vals)} run(s): "
              f"{cls.nonstandard_regimes[h]}" for h in hits]
     return f"{REGIME_MARK} {method_name(method)} at {_pct(budget)} ({model_name(model)}): " + "; ".join(parts)
+
+
+def merge_regime_notes(notes: Sequence[str]) -> list[str]:
+    """Regime footnotes that differ only in the budget, as one note listing the budgets (first-seen order)."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    for note in notes:
+        m = re.match(rf"^{re.escape(REGIME_MARK)} (.+?) at (\S+) (\(.*)$", note)
+        key = (m.group(1), m.group(3)) if m else (note, "")
+        merged.setdefault(key, [])
+        if m and m.group(2) not in merged[key]:
+            merged[key].append(m.group(2))
+    return [f"{REGIME_MARK} {name} at {', '.join(b)} {rest}" if b else name for (name, rest), b in merged.items()]
 
 
 def _method_cell(ok: pd.DataFrame, model: str, method: str, budget: float, notes: list[str]) -> Cell:
@@ -581,34 +594,42 @@ def build_tables(runs: pd.DataFrame, *, models=None, methods=None, budgets=None,
 
 
 # ------------------------------------------------------------------------------------------------------ summary
-def summary_table(ok: pd.DataFrame, failed: pd.DataFrame, model: str, task: str, digits: int = 1) -> Table:
+def summary_table(ok: pd.DataFrame, failed: pd.DataFrame, model: str, task: str, digits: int = 1,
+                  variants: bool = False) -> Table:
     """Compact accuracy vs. budget for one (model, task): rows = budgets asked for (high -> low), one column per
     method, cells = mean ± std over seeds, with the realised retention where it is more than 1 point off the budget,
     ``–†`` where every run failed and ``‡`` on a non-standard regime; built with ``pivot_table`` from the records (the
-    README's tiny-model table)."""
-    g = ok[(ok["model"] == model) & (ok["task"] == task) & (ok["method"] != "none")]
-    agg = g.pivot_table(index="budget", columns="method", values=["accuracy", "retention"],
-                        aggfunc=["mean", "std", "count"])
-    methods = _order(g["method"], list(METHODS))
+    README's tiny-model table). ``variants``: one column per (method, recorded variant), the variant after its
+    method's standard column (``ok`` must then hold only the runs to compare)."""
+    g = ok[(ok["model"] == model) & (ok["task"] == task) & (ok["method"] != "none")].copy()
+    g["suffix"] = g["variant"].map(_variant_suffix) if variants else ""
+    g["column"] = g["method"] + g["suffix"]
+    agg = g.pivot_table(index="budget", columns="column", values=["accuracy", "retention"],
+                        aggfunc=["mean", "std", "count"], dropna=False)  # keep one-seed cells' NaN std
+    columns = [(m, x) for m in _order(g["method"], list(METHODS))
+               for x in sorted(set(g.loc[g["method"] == m, "suffix"]))]
     t = Table(f"summary_{task}", f"{model_name(model)}, {task_name(task)}: accuracy (%) vs. budget",
-              ["Budget", *map(method_name, methods)])
+              ["Budget", *(method_name(m) + x for m, x in columns)])
     notes: list[str] = []
-    gone = failed[(failed["model"] == model) & (failed["task"] == task)] if len(failed) else failed
+    gone = failed[(failed["model"] == model) & (failed["task"] == task)].copy() if len(failed) else failed
+    if len(gone):
+        gone["column"] = gone["method"] + (gone["variant"].map(_variant_suffix) if variants else "")
     for budget in sorted(agg.index, reverse=True):
         r = len(t.rows)
         stats = {}
         row = [text_cell(_pct(budget), "r")]
-        for i, m in enumerate(methods):
+        for i, (method, suffix) in enumerate(columns):
+            m = method + suffix
             n = agg.get(("count", "accuracy", m), pd.Series(dtype=float)).get(budget, 0)
             if _is_missing(n) or not n:
-                lost = len(gone) and ((gone["method"] == m) & (gone["budget"] == budget)).any()
+                lost = len(gone) and ((gone["column"] == m) & (gone["budget"] == budget)).any()
                 row.append(num_cell(Stat(failed=["failed"] if lost else []), digits))
                 continue
             s = Stat(float(agg[("mean", "accuracy", m)][budget]), float(agg[("std", "accuracy", m)][budget]), int(n))
             stats[(r, 1 + i)] = s
             kept = agg[("mean", "retention", m)][budget] if ("mean", "retention", m) in agg else float("nan")
             off = not _is_missing(kept) and abs(100 * (kept - budget)) > 1
-            note = regime_note(g, model, m, budget)
+            note = regime_note(g[g["column"] == m], model, method, budget)
             notes += [note] if note else []
             row.append(num_cell(s, digits, (f" (keeps {100 * kept:.1f}%)" if off else "") + (REGIME_MARK if note else "")))
         t.rows.append(row)
@@ -616,8 +637,13 @@ def summary_table(ok: pd.DataFrame, failed: pd.DataFrame, model: str, task: str,
     full = stat(ok.loc[(ok["model"] == model) & (ok["task"] == task) & (ok["method"] == "none"), "accuracy"])
     t.notes = [f"Full tokens: {num_cell(full, digits).md}. Mean ± std over seeds; (keeps r%) = realised retention "
                f"when it is more than 1 point off the budget; – = no run; –† = every run failed (the errors are in the "
-               f"full tables). Bold: best per row.", *notes]
+               f"full tables). Bold: best per row.", *merge_regime_notes(notes)]
     return t
+
+
+def _variant_suffix(variant: str) -> str:
+    """A recorded variant as a column suffix: ``' (count_rule=exact)'``; ``''`` for a standard run."""
+    return "".join(f" ({k}={v})" for k, v in variant_fields(variant).items())
 
 
 #: bench_serving configurations that are not harness methods
