@@ -41,6 +41,20 @@ def _tiny_trained() -> str:
                                   "synthetic_pruning").to_markdown()
 
 
+def _tiny_exact_count() -> str:
+    from tango import report as R
+    from tango.methods import METHODS
+    from tango.methods.base import ExactCount
+
+    exact = [name for name, cls in METHODS.items() if issubclass(cls, ExactCount)]
+    ok, failed = R.split_ok_failed(R.select(R.load_runs([ROOT / "results" / "tiny_trained"])))
+
+    def pick(df):  # the standard runs of those methods and their exact_count experiment
+        return df[df["method"].isin(exact + ["none"]) & ((df["variant"] == "") | (df["experiment"] == "exact_count"))]
+    return R.tables.summary_table(pick(ok), pick(failed), "tiny_llava_ov_trained", "synthetic_pruning",
+                                  variants=True).to_markdown()
+
+
 def _demo() -> str:
     from tango import report as R
 
@@ -50,7 +64,8 @@ def _demo() -> str:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {"glossary": _glossary, "bad-inputs": _bad_inputs,
-                                        "tiny-trained": _tiny_trained, "demo-synthetic": _demo}
+                                        "tiny-trained": _tiny_trained, "tiny-exact-count": _tiny_exact_count,
+                                        "demo-synthetic": _demo}
 
 
 def markers(name: str) -> tuple[str, str]:
