@@ -37,6 +37,8 @@ order), ``softmax(q k^T / sqrt(d))`` over that temporal patch's merged tokens, m
 permutation is undone -> ``attn [N, L]``. Unlike the reference (bf16 matmul), means and softmax run in fp32.
 Attention source ``last_layer`` (VisionZip), from the same hook: attention received per patch within its temporal
 patch (mean over heads and queries) and the block's pre-RoPE keys, both averaged over each 2x2 merge unit.
+The math after the ``q``/``k`` recomputation is :mod:`tango.models.vision_attention` (torch only), which the vLLM
+plugin (``integrations/vllm``) runs on the queries and keys it recomputes inside vLLM's encoder.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from tango.methods.base import PruningMethod
 from tango.models import full_configs
 from tango.models.base import FamilySpec, Generation, VideoAdapter, load_pretrained, prefill_and_decode
 from tango.models.tiny import build_tiny_qwen2_5_vl
+from tango.models.vision_attention import ATTENTION_SOURCES, unwindow
 from tango.timing import Stopwatch
 from tango.video import Clip
 
@@ -263,13 +266,23 @@ def _to_raster(window_order: torch.Tensor, grid_thw: torch.Tensor, vision_cfg) -
 
     window_index, _ = get_vision_window_index(grid_thw, vision_cfg.spatial_merge_size, vision_cfg.window_size,
                                               vision_cfg.patch_size)
-    raster = window_order[torch.argsort(window_index.to(window_order.device))]
-    return raster.view(int(grid_thw[0, 0]), -1, *window_order.shape[1:])
+    return unwindow(window_order, window_index, int(grid_thw[0, 0]))
+
+
+def _attention_source(source: str, attn_mod, hidden: torch.Tensor, position_embeddings, grid_thw: torch.Tensor,
+                      vision_cfg, to_raster=None) -> dict[str, torch.Tensor]:
+    """``ATTENTION_SOURCES[source]`` (:mod:`tango.models.vision_attention`) on the block's recomputed ``q``/``k``."""
+    to_raster = to_raster or _to_raster
+    q, k, k_raw = _qk(attn_mod, hidden, position_embeddings)
+    return ATTENTION_SOURCES[source](q, k, k_raw, tuple(int(v) for v in grid_thw[0]),
+                                     vision_cfg.spatial_merge_size ** 2, attn_mod.scaling,
+                                     lambda rows: to_raster(rows, grid_thw, vision_cfg))
 
 
 def mean_query_attention(attn_mod, hidden: torch.Tensor, position_embeddings, grid_thw: torch.Tensor,
                          vision_cfg, to_raster=None) -> dict[str, torch.Tensor]:
-    """Tango's Qwen2.5-VL saliency from one full-attention ViT block, in raster order of the merged grid.
+    """Tango's Qwen2.5-VL saliency from one full-attention ViT block, in raster order of the merged grid
+    (:func:`tango.models.vision_attention.pooling_head_attention`).
 
     Args:
         attn_mod: the block's ``Qwen2_5_VLVisionAttention``.
@@ -281,38 +294,19 @@ def mean_query_attention(attn_mod, hidden: torch.Tensor, position_embeddings, gr
     Returns:
         ``attn [grid_t, L]`` fp32, each row summing to 1.
     """
-    to_raster = to_raster or _to_raster
-    t, h, w = (int(v) for v in grid_thw[0])
-    unit = vision_cfg.spatial_merge_size ** 2
-    heads, hd = attn_mod.num_heads, attn_mod.head_dim
-    q, k, _ = _qk(attn_mod, hidden, position_embeddings)
-    # Window order keeps temporal patches contiguous (windows never cross them): rows [i*h*w, (i+1)*h*w) are patch i,
-    # and each 2x2 merge unit is 4 consecutive rows.
-    q = q.float().transpose(0, 1).reshape(heads, t, h * w, hd).mean(2, keepdim=True)      # [H, T, 1, hd]
-    k = k.float().transpose(0, 1).reshape(heads, t, h * w // unit, unit, hd).mean(3)       # [H, T, L, hd]
-    weights = torch.softmax((q @ k.transpose(-1, -2)) * attn_mod.scaling, dim=-1)          # [H, T, 1, L]
-    return {"attn": to_raster(weights[:, :, 0].mean(0).reshape(-1), grid_thw, vision_cfg)}
+    return _attention_source("pooling_head", attn_mod, hidden, position_embeddings, grid_thw, vision_cfg, to_raster)
 
 
 def received_attention(attn_mod, hidden: torch.Tensor, position_embeddings, grid_thw: torch.Tensor,
                        vision_cfg, to_raster=None) -> dict[str, torch.Tensor]:
-    """VisionZip's source on Qwen2.5-VL, from the same full-attention block (the last block in released configs).
+    """VisionZip's source on Qwen2.5-VL, from the same full-attention block (the last block in released configs),
+    arguments as :func:`mean_query_attention` (:func:`tango.models.vision_attention.last_layer_attention`).
 
     ``attn [grid_t, L]``: attention each patch receives within its temporal patch (softmax over that temporal
     patch's patches, mean over heads and queries), then the mean over each 2x2 merge unit (the analogue of LLaVA's
     2x2 pooling, so rows sum to 1/4). ``metric [grid_t, L, head_dim]``: the block's keys **before** RoPE (content only,
     like SigLIP's keys), mean over heads and over the merge unit. Frame by frame: ``[H, n, n]`` at a time."""
-    to_raster = to_raster or _to_raster
-    _, h, w = (int(v) for v in grid_thw[0])
-    unit = vision_cfg.spatial_merge_size ** 2
-    n = h * w
-    q, k, k_raw = _qk(attn_mod, hidden, position_embeddings)
-    received = torch.cat([
-        torch.softmax((qf.transpose(0, 1) @ kf.permute(1, 2, 0)).float() * attn_mod.scaling, dim=-1).mean(dim=(0, 1))
-        for qf, kf in zip(q.split(n), k.split(n))])                                        # [S], window order
-    attn = received.view(-1, unit).mean(1)
-    metric = k_raw.float().mean(1).view(-1, unit, attn_mod.head_dim).mean(1)
-    return {"attn": to_raster(attn, grid_thw, vision_cfg), "metric": to_raster(metric, grid_thw, vision_cfg)}
+    return _attention_source("last_layer", attn_mod, hidden, position_embeddings, grid_thw, vision_cfg, to_raster)
 
 
 def _window_lengths(n: int, size: int) -> list[int]:
