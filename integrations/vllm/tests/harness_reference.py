@@ -1,7 +1,7 @@
 """The harness's side of the parity test, run with the harness's own environment (transformers 5.23):
 ``python harness_reference.py SPEC.json`` prints ``RESULT <json>``: the prompt text (the checkpoint's chat template,
-as the harness builds it), the method's kept indices, the prompt length and the first generated token and its
-logprob, on the check video."""
+as the harness builds it), the method's kept indices (and the ``attn`` / ``metric`` / ``timestamps`` it received), the prompt length
+and the first generated token and its logprob, on the check video."""
 
 import json
 import sys
@@ -27,6 +27,7 @@ def main(path: str) -> None:
     def record(x, **kwargs):
         sel = prune(x, **kwargs)
         kept["indices"] = sel.indices.tolist()
+        kept.update({k: kwargs[k].tolist() for k in ("attn", "metric", "timestamps") if kwargs.get(k) is not None})
         return sel
 
     method.prune = record
@@ -38,7 +39,7 @@ def main(path: str) -> None:
         hook.remove()
     logp = torch.log_softmax(steps[0], dim=-1)
     token = int(logp.argmax())
-    print("RESULT " + json.dumps({"prompt": adapter.prompt(spec["question"]), "indices": kept["indices"],
+    print("RESULT " + json.dumps({"prompt": adapter.prompt(spec["question"]), **kept,
                                   "prompt_tokens": gen.stats["prompt_tokens"], "token": token,
                                   "logprob": float(logp[token])}), flush=True)
 

@@ -1,6 +1,6 @@
 """The harness's methods inside vLLM (CPU build), on a tiny Qwen2.5-VL (head_dim 32, which vLLM's CPU attention
 needs). Each engine runs in its own process (engine.py); the harness's side runs in the harness's own environment
-(harness_reference.py, ``.venv``). About 6 minutes on 2 cores."""
+(harness_reference.py, ``.venv``). About 8 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -93,17 +94,26 @@ def test_identity_with_max1_positions_equals_vllms_unpruned_model(checkpoint, tm
 
 
 @pytest.mark.parametrize("method, hparams", [("none", {}), ("dycoke", {"kv_pruning": False}),
-                                             ("random", {"seed": 3})])
+                                             ("visionzip", {}), ("tango", {"count_rule": "exact"})])
 def test_same_kept_tokens_and_first_logprob_as_the_harness(checkpoint, tmp_path, method, hparams):
     """Same video, question and method through the harness (transformers 5.23) and through vLLM: the same kept
     indices, prompt length and first generated token, its logprob within 1e-4 (fp32; the two stacks' kernels
     differ). ``hf5`` positions reproduce the harness's prefill; later tokens are not compared (module doc of
-    tango_vllm.qwen2_5_vl: decoding continues at max + 1 in vLLM, at last + 1 in transformers 5.23)."""
+    tango_vllm.qwen2_5_vl: decoding continues at max + 1 in vLLM, at last + 1 in transformers 5.23). VisionZip
+    and Tango (exact count) read the vision attention (``last_layer``: ``attn [T, L]``, ``metric [T, L, hd]``;
+    ``pooling_head``: ``attn``, with the per-frame mean of the tokens as ``metric``), which the plugin recomputes
+    inside vLLM's encoder, and Tango reads the temporal patches' times: prune's inputs agree within 1e-6 (fp32;
+    measured 2e-9 for ``attn``, 1e-7 for VisionZip's ``metric``: the two encoders' kernels differ)."""
     ref = _harness(checkpoint, tmp_path, method, hparams, budget=1.0 - RATE)
     assert ref["prompt"] == _prompt()
     record = tmp_path / "kept.jsonl"
     ours = _engine(checkpoint, tmp_path, ref["prompt"], method=method, hparams=hparams, record=record)
     (kept,) = [json.loads(line) for line in record.read_text().splitlines()]
+    # the same inputs reached prune on both sides: indices, and attn / metric for a method that needs attention
+    assert kept.keys() - {"method", "grid_thw"} == ref.keys() - {"prompt", "prompt_tokens", "token", "logprob"}
+    for signal in ("attn", "metric", "timestamps"):
+        if signal in ref:
+            torch.testing.assert_close(torch.tensor(kept[signal]), torch.tensor(ref[signal]), rtol=0, atol=1e-6)
     assert kept["indices"] == ref["indices"]
     assert ours["prompt_tokens"] == ref["prompt_tokens"]
     assert ours["tokens"][0] == ref["token"]
@@ -119,7 +129,7 @@ def test_an_unservable_method_is_refused_naming_the_servable_ones(checkpoint, tm
     assert p.returncode != 0
     log = p.stdout + p.stderr  # the worker's traceback is logged
     assert "ValueError: method 'tango' with its defaults is not servable" in log
-    assert "Served here at their defaults: ['evs', 'none', 'random', 'uniform_pool']" in log
+    assert "Served here at their defaults: ['evs', 'none', 'random', 'uniform_pool', 'visionzip']" in log
 
 
 def _free_port() -> int:
