@@ -3,7 +3,8 @@
 
 For each configuration (``full`` = no pruning, ``vllm_evs`` = vLLM's own EVS, any servable harness method through
 the plugin, integrations/vllm) and budget, one server is started with ``--python`` (the vLLM environment), warmed up
-with one request, then sent ``--requests`` chat completions with a video, ``--concurrency`` at a time, streamed so the
+with one request, then sent ``--requests`` chat completions with a video (each with its own cache key, so nothing is
+served from vLLM's caches: :func:`one_request`), ``--concurrency`` at a time, streamed so the
 first token's arrival is seen. Each (configuration, budget, concurrency) is one CSV row: requests/s, TTFT p50 / p90,
 output tokens/s, prompt tokens, failures, plus the model, device, versions and date. Bounded: every request has a
 timeout and each load level stops sending after ``--max-seconds``.
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,10 +41,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "TangoQwen2_5_VLForConditionalGeneration"
 #: plugin methods whose defaults are not servable, and the setting that makes them so
-SERVABLE_SETTINGS = {"dycoke": {"kv_pruning": False}, "vidcom2": {"count_rule": "vllm"}}
+SERVABLE_SETTINGS = {"dycoke": {"kv_pruning": False}, "vidcom2": {"count_rule": "vllm"},
+                     **{m: {"count_rule": "exact"} for m in ("tango", "holitom", "flashvid")}}
 COLUMNS = ["config", "method", "budget", "concurrency", "requests", "completed", "failed", "duration_s", "req_s",
-           "ttft_p50_ms", "ttft_p90_ms", "output_tok_s", "prompt_tokens", "max_tokens", "frames", "model", "device",
-           "vllm", "torch", "transformers", "python", "date", "git_sha"]
+           "ttft_p50_ms", "ttft_p90_ms", "output_tok_s", "prompt_tokens", "prefix_cache_hit_tokens", "mm_cache_hits",
+           "video_cache_key", "max_tokens", "frames", "model", "device", "vllm", "torch", "transformers", "python", "date", "git_sha"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16, help="frames of the synthetic video (when no --video)")
     p.add_argument("--size", type=int, default=112, help="frame side of the synthetic video, pixels")
     p.add_argument("--video", help="an mp4 to send instead of the synthetic one")
+    p.add_argument("--reuse-video", action="store_true",
+                   help="send every request's video under one cache key, so vLLM serves it from its caches after the "
+                        "first (default: a fresh key per request; see one_request)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--max-model-len", type=int, default=8192)
     p.add_argument("--out", default=str(ROOT / "results" / "serving" / "bench_serving.csv"))
@@ -132,13 +138,18 @@ class Server:
                 self.proc.kill()
 
 
-def one_request(url: str, model: str, video_b64: str, max_tokens: int, timeout: float) -> dict:
+def one_request(url: str, model: str, video_b64: str, max_tokens: int, timeout: float, fresh: bool = True) -> dict:
     """A streamed chat completion; ``ttft`` is the arrival of the first chunk that counts a generated token (vLLM's
-    per-chunk usage; a content test would miss tokens that do not yet decode to text), seconds from sending."""
+    per-chunk usage; a content test would miss tokens that do not yet decode to text), seconds from sending. The
+    video carries a fresh ``uuid`` (vLLM's multimodal cache key): every request sends the same video, and without it
+    vLLM's processor cache, encoder cache (shared across requests by content hash) and prefix cache would process
+    the video, run the encoder and the pruning once, and serve every later request from cache (``fresh=False``:
+    that cached case, ``--reuse-video``)."""
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "messages": [{"role": "user", "content": [
-                {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{video_b64}"}},
+                {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{video_b64}"},
+                 **({"uuid": f"bench-{uuid.uuid4().hex}"} if fresh else {})},
                 {"type": "text", "text": "Describe the motion in the video."}]}]}
     req = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -157,16 +168,34 @@ def one_request(url: str, model: str, video_b64: str, max_tokens: int, timeout: 
             "completion_tokens": usage.get("completion_tokens", 0)}
 
 
+#: vLLM's cache counters (Prometheus ``/metrics``) read around each load level, recorded as the level's deltas
+CACHE_COUNTERS = {"prefix_cache_hit_tokens": "vllm:prefix_cache_hits_total", "mm_cache_hits": "vllm:mm_cache_hits_total"}
+
+
+def cache_counters(url: str) -> dict[str, float]:
+    """The current values of ``CACHE_COUNTERS`` (summed over label sets; 0 when vLLM does not export one)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    out = dict.fromkeys(CACHE_COUNTERS, 0.0)
+    for line in text.splitlines():
+        for key, name in CACHE_COUNTERS.items():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                out[key] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def load_level(server: Server, model: str, video_b64: str, args, concurrency: int) -> dict:
-    """``args.requests`` requests, ``concurrency`` in flight, none started after ``args.max_seconds``."""
+    """``args.requests`` requests, ``concurrency`` in flight, none started after ``args.max_seconds``; with the
+    cache hits vLLM counted meanwhile (prefix-cache hit tokens: at most the text before the video per request)."""
     results, failures, lock = [], [], threading.Lock()
+    before = cache_counters(server.url)
     t0 = time.perf_counter()
 
     def worker(_):
         if time.perf_counter() - t0 > args.max_seconds:
             return
         try:
-            r = one_request(server.url, model, video_b64, args.max_tokens, timeout=args.max_seconds)
+            r = one_request(server.url, model, video_b64, args.max_tokens, timeout=args.max_seconds,
+                            fresh=not args.reuse_video)
             with lock:
                 results.append(r)
         except Exception as e:  # noqa: BLE001 (any failed request is counted, not fatal)
@@ -182,7 +211,9 @@ def load_level(server: Server, model: str, video_b64: str, args, concurrency: in
         return round(statistics.quantiles(ttfts, n=100, method="inclusive")[q - 1], 1) if len(ttfts) > 1 else (
             round(ttfts[0], 1) if ttfts else None)
 
-    return {"requests": args.requests, "completed": len(results), "failed": len(failures),
+    after = cache_counters(server.url)
+    return {**{k: after[k] - before[k] for k in CACHE_COUNTERS},
+            "requests": args.requests, "completed": len(results), "failed": len(failures),
             "duration_s": round(duration, 3), "req_s": round(len(results) / duration, 3),
             "ttft_p50_ms": pct(50), "ttft_p90_ms": pct(90),
             "output_tok_s": round(sum(r["completion_tokens"] for r in results) / duration, 2),
@@ -241,6 +272,7 @@ def main(argv=None) -> int:
                         row.update(config=config, method={"full": "none", "vllm_evs": "evs"}.get(config, config),
                                    budget=budget,
                                    concurrency=c, max_tokens=args.max_tokens,
+                                   video_cache_key="shared" if args.reuse_video else "per_request",
                                    frames=args.frames if not args.video else "", model=args.model or "tiny",
                                    python=platform.python_version(),
                                    date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), git_sha=sha, **env)
@@ -249,7 +281,9 @@ def main(argv=None) -> int:
                         errors = f" errors: {row['errors']}" if row["errors"] else ""
                         print(f"  c={c}: {row['completed']}/{row['requests']} ok, {row['req_s']} req/s, TTFT p50 "
                               f"{row['ttft_p50_ms']} ms, p90 {row['ttft_p90_ms']} ms, {row['output_tok_s']} tok/s, "
-                              f"prompt {row['prompt_tokens']} tokens{errors}", flush=True)
+                              f"prompt {row['prompt_tokens']} tokens, cache hits: prefix "
+                              f"{row['prefix_cache_hit_tokens']:g} tokens, multimodal {row['mm_cache_hits']:g}{errors}",
+                              flush=True)
                 finally:
                     server.close()
     print(f"[bench_serving] rows appended to {out}")

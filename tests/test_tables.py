@@ -357,21 +357,25 @@ def test_serving_table_from_bench_serving_rows(tmp_path):
     through the plugin, device and versions in the notes; make_tables.py --serving writes serving.md."""
     base = {"requests": 16, "failed": 0, "duration_s": 4.0, "max_tokens": 16, "frames": 16, "model": "tiny",
             "device": "x86_64", "vllm": "0.32.0", "torch": "2.13.0+cpu", "transformers": "5.19.0", "python": "3.11",
-            "git_sha": "abc"}
+            "git_sha": "abc", "video_cache_key": "per_request"}
     rows = [dict(base, config="dycoke", method="dycoke", budget=0.25, concurrency=4, completed=16, req_s=9.0,
                  ttft_p50_ms=300.0, ttft_p90_ms=500.0, output_tok_s=140.0, prompt_tokens=66, date="2026-12-05"),
             dict(base, config="full", method="none", budget=1.0, concurrency=4, completed=16, req_s=5.0,
                  ttft_p50_ms=700.0, ttft_p90_ms=900.0, output_tok_s=80.0, prompt_tokens=162, date="2026-12-06"),
             dict(base, config="dycoke", method="dycoke", budget=0.25, concurrency=4, completed=15, req_s=8.5,
-                 ttft_p50_ms=310.0, ttft_p90_ms=520.0, output_tok_s=130.0, prompt_tokens=66, date="2026-12-06")]
+                 ttft_p50_ms=310.0, ttft_p90_ms=520.0, output_tok_s=130.0, prompt_tokens=66, date="2026-12-06"),
+            dict(base, config="full", method="none", budget=1.0, concurrency=4, completed=16, req_s=9.9,
+                 ttft_p50_ms=70.0, ttft_p90_ms=90.0, output_tok_s=80.0, prompt_tokens=162, date="2026-12-06",
+                 video_cache_key="shared")]  # --reuse-video: a row of its own, never replacing the fresh one
     path = tmp_path / "bench_serving.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     t = T.serving_table([str(path)])
     shown = t.to_frame()
-    assert shown["Method"].tolist() == ["Full tokens", "DyCoke (via plugin)"]
-    assert shown["Req/s"].tolist() == ["5.00", "8.50"] and shown["Completed"].tolist() == ["16/16", "15/16"]
-    assert shown["Prompt tokens"].tolist() == ["162", "66"]
-    assert t.notes == ["x86_64, vLLM 0.32.0, torch 2.13.0+cpu, measured 2026-12-06 (2 rows)."]
+    assert shown["Method"].tolist() == ["Full tokens", "Full tokens, video from vLLM's caches", "DyCoke (via plugin)"]
+    assert shown["Req/s"].tolist() == ["5.00", "9.90", "8.50"]
+    assert shown["Completed"].tolist() == ["16/16", "16/16", "15/16"]
+    assert shown["Prompt tokens"].tolist() == ["162", "162", "66"]
+    assert t.notes == ["x86_64, vLLM 0.32.0, torch 2.13.0+cpu, measured 2026-12-06 (3 rows)."]
 
     import subprocess
     import sys

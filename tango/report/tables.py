@@ -653,13 +653,18 @@ SERVING_CONFIGS = {"full": "Full tokens", "vllm_evs": "EVS (vLLM's own)"}
 def serving_table(csvs: Sequence[str], digits: int = 1) -> Table:
     """Serving under load (``scripts/bench_serving.py`` rows, ``results/serving/*.csv``): requests/s, TTFT p50 / p90
     and output tokens/s per configuration, budget and concurrency; the latest row of each wins. Harness methods are
-    marked "via plugin"; the device, vLLM version and dates go to the notes."""
+    marked "via plugin", rows whose requests shared one video cache key (``--reuse-video``, and every row written
+    before ``video_cache_key`` existed) "video from vLLM's caches"; the device, vLLM version and dates go to the
+    notes."""
     df = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
-    key = ["model", "config", "budget", "concurrency"]
+    if "video_cache_key" not in df.columns:  # rows written before the column: one shared key (vLLM's caches hit)
+        df["video_cache_key"] = "shared"
+    df["video_cache_key"] = df["video_cache_key"].fillna("shared")
+    key = ["model", "config", "budget", "concurrency", "video_cache_key"]
     df = df.drop_duplicates(key, keep="last")
     order = {c: i for i, c in enumerate([*SERVING_CONFIGS, *METHODS])}
     df = df.assign(_o=df["config"].map(lambda c: order.get(c, len(order)))).sort_values(
-        ["model", "_o", "budget", "concurrency"])
+        ["model", "_o", "budget", "concurrency", "video_cache_key"], kind="stable")
     columns = ["Model", "Method", "Budget", "Concurrency", "Req/s", "TTFT p50 (ms)", "TTFT p90 (ms)", "Out tok/s",
                "Prompt tokens", "Completed"]
     t = Table("serving", "Serving throughput under load (vLLM)", columns, data=df.drop(columns="_o"))
@@ -669,6 +674,7 @@ def serving_table(csvs: Sequence[str], digits: int = 1) -> Table:
 
     for _, r in df.iterrows():
         name = SERVING_CONFIGS.get(r["config"]) or f"{method_name(r['config'])} (via plugin)"
+        name += ", video from vLLM's caches" if r["video_cache_key"] == "shared" else ""
         t.rows.append([text_cell(r["model"]), text_cell(name), num(r["budget"], 2), num(r["concurrency"], 0),
                        num(r["req_s"], 2), num(r["ttft_p50_ms"]), num(r["ttft_p90_ms"]), num(r["output_tok_s"]),
                        num(r["prompt_tokens"], 0), text_cell(f"{r['completed']}/{r['requests']}", "r")])
