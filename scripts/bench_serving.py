@@ -39,13 +39,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCH = "TangoQwen2_5_VLForConditionalGeneration"
+#: the plugin's model classes (integrations/vllm), by family
+ARCHS = {"qwen2_5_vl": "TangoQwen2_5_VLForConditionalGeneration", "qwen3_vl": "TangoQwen3VLForConditionalGeneration"}
 #: plugin methods whose defaults are not servable, and the setting that makes them so
 SERVABLE_SETTINGS = {"dycoke": {"kv_pruning": False}, "vidcom2": {"count_rule": "vllm"},
                      **{m: {"count_rule": "exact"} for m in ("tango", "holitom", "flashvid")}}
 COLUMNS = ["config", "method", "budget", "concurrency", "requests", "completed", "failed", "duration_s", "req_s",
            "ttft_p50_ms", "ttft_p90_ms", "output_tok_s", "prompt_tokens", "prefix_cache_hit_tokens", "mm_cache_hits",
-           "video_cache_key", "max_tokens", "frames", "model", "device", "vllm", "torch", "transformers", "python", "date", "git_sha"]
+           "video_cache_key", "max_tokens", "frames", "model", "device", "vllm", "torch", "transformers", "python",
+           "date", "git_sha"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
                    help="interpreter of the vLLM environment (default: .venv-vllm, make setup-vllm)")
     p.add_argument("--model", help="checkpoint (hub id or path) served")
+    p.add_argument("--server-args", nargs="*", default=[],
+                   help="extra arguments for every server, e.g. --server-args=--no-enable-prefix-caching (recorded)")
+    p.add_argument("--family", choices=sorted(ARCHS), default="qwen2_5_vl",
+                   help="the served model's family: which plugin class serves the harness methods (--tiny builds it)")
     p.add_argument("--tiny", action="store_true",
                    help="serve a tiny random Qwen2.5-VL built offline (head_dim 32 for vLLM's CPU attention)")
     p.add_argument("--methods", nargs="+", default=["full", "vllm_evs", "dycoke", "random"],
@@ -105,11 +111,12 @@ class Server:
         if config != "full":
             cmd += ["--video-pruning-rate", str(1.0 - budget)]
         if config not in ("full", "vllm_evs"):
-            overrides = {"architectures": [ARCH], "tango_method": config,
+            overrides = {"architectures": [ARCHS[args.family]], "tango_method": config,
                          "tango_hparams": json.dumps(SERVABLE_SETTINGS.get(config, {}))}
             cmd += ["--hf-overrides", json.dumps(overrides)]
         if args.tiny:
             cmd += ["--enforce-eager"]
+        cmd += args.server_args
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1" if args.tiny else "0")}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -169,12 +176,17 @@ def one_request(url: str, model: str, video_b64: str, max_tokens: int, timeout: 
 
 
 #: vLLM's cache counters (Prometheus ``/metrics``) read around each load level, recorded as the level's deltas
-CACHE_COUNTERS = {"prefix_cache_hit_tokens": "vllm:prefix_cache_hits_total", "mm_cache_hits": "vllm:mm_cache_hits_total"}
+CACHE_COUNTERS = {"prefix_cache_hit_tokens": "vllm:prefix_cache_hits_total",
+                  "mm_cache_hits": "vllm:mm_cache_hits_total"}
 
 
 def cache_counters(url: str) -> dict[str, float]:
-    """The current values of ``CACHE_COUNTERS`` (summed over label sets; 0 when vLLM does not export one)."""
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    """The current values of ``CACHE_COUNTERS`` (summed over label sets; 0 when vLLM does not export one; NaN when
+    the server no longer answers: its failed requests are recorded, not this)."""
+    try:
+        text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    except OSError:
+        return dict.fromkeys(CACHE_COUNTERS, float("nan"))
     out = dict.fromkeys(CACHE_COUNTERS, 0.0)
     for line in text.splitlines():
         for key, name in CACHE_COUNTERS.items():
@@ -239,10 +251,13 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_serving."))
     model = args.model
     if args.tiny:
-        model = str(work / "tiny_qwen2_5_vl_vllm")
-        subprocess.run([args.python, "-c", "import sys; from tango.models.tiny import build_tiny_qwen2_5_vl; "
-                        "build_tiny_qwen2_5_vl(sys.argv[1], text_heads=2, text_kv_heads=1, mrope_section=(4, 6, 6))",
-                        model], check=True, cwd=str(ROOT))
+        model = str(work / f"tiny_{args.family}_vllm")
+        build = {"qwen2_5_vl": "build_tiny_qwen2_5_vl(sys.argv[1], text_heads=2, text_kv_heads=1, "
+                               "mrope_section=(4, 6, 6))",
+                 "qwen3_vl": "build_tiny_qwen3_vl(sys.argv[1], text_heads=2, text_kv_heads=1, head_dim=32, "
+                             "mrope_section=(8, 4, 4))"}[args.family]  # vLLM's CPU attention: head_dim >= 32
+        subprocess.run([args.python, "-c", f"import sys; from tango.models import tiny; tiny.{build}", model],
+                       check=True, cwd=str(ROOT))
     if args.video:
         video = Path(args.video).read_bytes()
     else:

@@ -115,13 +115,15 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, seed: int = 0, *, text_heads: int
     return _save(model, proc, out_dir)
 
 
-def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0, *, text_heads: int = 4, text_kv_heads: int = 2,
+                        head_dim: int = 16, mrope_section: tuple[int, int, int] = (4, 2, 2)) -> Path:
     """Tiny ``Qwen3VLForConditionalGeneration``: 2-block ViT (patch 16, learned 8x8 position grid, DeepStack taps
     after both blocks, so two DeepStack maps are added after decoder layers 0 and 1) + 12-layer Qwen3 text model
     (``q_norm`` / ``k_norm``, head_dim 16, interleaved M-RoPE sections [4, 2, 2]). The video processor keeps the
     real checkpoint's settings (``shortest_edge`` 4096, ``longest_edge`` 25165824, fps 2, 4..768 frames) except the
     per-frame token ceiling ``max_video_tokens`` 16 (real: 768), so a 112 x 112 frame becomes 128 x 128 = 16 merged
-    tokens per temporal patch."""
+    tokens per temporal patch. vLLM's CPU attention needs head_dim >= 32: ``text_heads=2, text_kv_heads=1,
+    head_dim=32, mrope_section=(8, 4, 4)`` (integrations/vllm)."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
@@ -130,8 +132,8 @@ def build_tiny_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
     text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=TEXT_LAYERS,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2],
+                num_attention_heads=text_heads, num_key_value_heads=text_kv_heads, head_dim=head_dim,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": list(mrope_section),
                                  "mrope_interleaved": True},
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=16,

@@ -89,7 +89,8 @@ def test_the_exact_variant_only_reconciles_the_authors_output(name):
         for video, x in _videos(n, l, d=64).items():
             attn = torch.softmax(torch.randn(n, l, generator=torch.Generator().manual_seed(l)), dim=-1)
             for budget in (0.1, 0.25, 0.5):
-                kw = dict(budget=budget, attn=attn, metric=x, grid=grid, timestamps=torch.arange(n, dtype=torch.float32))
+                kw = dict(budget=budget, attn=attn, metric=x, grid=grid,
+                          timestamps=torch.arange(n, dtype=torch.float32))
                 a, e = authors.prune(x, **kw), exact.prune(x, **kw)
                 assert e.stats["regime"] == "exact_count" and "regime" not in a.stats
                 assert e.stats["reconciled"] == e.stats["count_target"] - a.indices.numel()

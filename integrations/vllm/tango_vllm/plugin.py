@@ -4,6 +4,7 @@ from __future__ import annotations
 
 ARCHITECTURES = {
     "TangoQwen2_5_VLForConditionalGeneration": "tango_vllm.qwen2_5_vl:TangoQwen2_5_VLForConditionalGeneration",
+    "TangoQwen3VLForConditionalGeneration": "tango_vllm.qwen3_vl:TangoQwen3VLForConditionalGeneration",
 }
 #: vLLM releases whose CPU runner never sets ``is_multimodal_pruning_enabled`` (checked in their source)
 CPU_RUNNER_BUG = ("0.32.0", "0.33.0")

@@ -92,7 +92,8 @@ def method_from_config(hf_config) -> Any:
 
 
 @contextmanager
-def vision_attention(visual, grid_thw: list[list[int]], source: str) -> Iterator[list[dict[str, torch.Tensor]]]:
+def vision_attention(visual, grid_thw: list[list[int]], source: str, block=None,
+                     raster=None) -> Iterator[list[dict[str, torch.Tensor]]]:
     """While vLLM's Qwen2.5-VL vision encoder ``visual`` runs on videos of patch grids ``grid_thw`` (``[[T, h, w],
     ...]``), compute the harness's attention ``source`` (``ATTENTION_SOURCES``) of each video from the last
     full-attention block, into the yielded list: one dict per video, ``attn [T, L]`` (and ``metric [T, L, hd]`` for
@@ -104,7 +105,12 @@ def vision_attention(visual, grid_thw: list[list[int]], source: str) -> Iterator
     ``forward`` does; the block's output is left untouched. The encoder runs the videos concatenated, each
     ``T h w`` rows in its window order (temporal patches contiguous, each a full-attention segment of ``cu_seqlens``),
     so the rows split per video by ``grid_thw`` and each video's window permutation is undone with the encoder's own
-    ``get_window_index_thw``. The hook is removed on exit, also on error."""
+    ``get_window_index_thw``. The hook is removed on exit, also on error.
+
+    Other towers with the same attention module (Qwen3-VL: every block full attention, no windows): ``block`` the
+    ``Qwen2_5_VisionAttention`` to hook (default: the last full-attention block's) and ``raster(t, h, w)`` returning
+    the function that turns that video's rows ``[T * L, ...]`` in tower order into ``[T, L, ...]`` (default: undo
+    the window order)."""
     fn = ATTENTION_SOURCES[source]
     captured: list[dict[str, torch.Tensor]] = []
     sizes = [t * h * w for t, h, w in grid_thw]
@@ -123,12 +129,17 @@ def vision_attention(visual, grid_thw: list[list[int]], source: str) -> Iterator
         else:
             q, k = qkv[:, 0], k_raw
         for (t, h, w), qv, kv, kr in zip(grid_thw, q.split(sizes), k.split(sizes), k_raw.split(sizes)):
-            window_index = visual.get_window_index_thw(t, h, w)[0]
-            captured.append(fn(qv, kv, kr, (t, h, w), visual.spatial_merge_unit, mod.attn.scale,
-                               lambda rows, wi=window_index, t=t: unwindow(rows, wi, t)))
+            if raster is not None:
+                to_raster = raster(t, h, w)
+            else:
+                window_index = visual.get_window_index_thw(t, h, w)[0]
+                to_raster = lambda rows, wi=window_index, t=t: unwindow(rows, wi, t)
+            captured.append(fn(qv, kv, kr, (t, h, w), visual.spatial_merge_unit, mod.attn.scale, to_raster))
 
+    if block is None:
+        block = visual.blocks[visual.fullatt_block_indexes[-1]].attn
     # vLLM's encoder attention kernel returns no attention weights: recompute them beside it (docstring)
-    handle = visual.blocks[visual.fullatt_block_indexes[-1]].attn.register_forward_hook(hook, with_kwargs=True)
+    handle = block.register_forward_hook(hook, with_kwargs=True)
     try:
         yield captured
     finally:

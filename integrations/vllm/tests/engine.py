@@ -1,5 +1,5 @@
 """One vLLM engine for the plugin tests, in its own process (vLLM spawns workers; memory is freed at exit):
-``python engine.py SPEC.json`` prints ``RESULT <json>`` with per-request prompt length, tokens, first logprob."""
+``python engine.py SPEC.json`` prints ``RESULT <json>`` with per-request prompt length and ids, tokens, first logprob."""
 
 import json
 import sys
@@ -19,7 +19,8 @@ def main(path: str) -> None:
     result = []
     for o in outs:
         first = o.outputs[0].token_ids[0]
-        result.append({"prompt_tokens": len(o.prompt_token_ids), "tokens": list(o.outputs[0].token_ids),
+        result.append({"prompt_tokens": len(o.prompt_token_ids), "prompt_token_ids": list(o.prompt_token_ids),
+                       "tokens": list(o.outputs[0].token_ids),
                        "logprob": o.outputs[0].logprobs[0][first].logprob})
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -1,5 +1,6 @@
 """The harness's side of the parity test, run with the harness's own environment (transformers 5.23):
-``python harness_reference.py SPEC.json`` prints ``RESULT <json>``: the prompt text (the checkpoint's chat template,
+``python harness_reference.py SPEC.json`` (``family``: a harness model family, default ``qwen2_5_vl``) prints
+``RESULT <json>``: the prompt text (the checkpoint's chat template,
 as the harness builds it), the method's kept indices (and the ``attn`` / ``metric`` / ``timestamps`` it received), the prompt length
 and the first generated token and its logprob, on the check video."""
 
@@ -19,7 +20,7 @@ def main(path: str) -> None:
     spec = json.loads(open(path).read())
     n, fps = spec["frames"], spec["fps"]
     clip = Clip(check_video.frames(n, spec["size"], spec["seed"]), np.arange(n), np.arange(n) / fps, fps, n)
-    adapter = load_adapter("qwen2_5_vl", pretrained=spec["checkpoint"], device=torch.device("cpu"), dtype="float32")
+    adapter = load_adapter(spec.get("family", "qwen2_5_vl"), pretrained=spec["checkpoint"], device=torch.device("cpu"), dtype="float32")
     method = build_method(spec["method"], **spec["hparams"])
     kept = {}
     prune = method.prune

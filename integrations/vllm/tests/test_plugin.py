@@ -1,6 +1,6 @@
-"""The harness's methods inside vLLM (CPU build), on a tiny Qwen2.5-VL (head_dim 32, which vLLM's CPU attention
-needs). Each engine runs in its own process (engine.py); the harness's side runs in the harness's own environment
-(harness_reference.py, ``.venv``). About 8 minutes on 2 cores."""
+"""The harness's methods inside vLLM (CPU build), on a tiny Qwen2.5-VL and a tiny Qwen3-VL (head_dim 32, which vLLM's
+CPU attention needs). Each engine runs in its own process (engine.py); the harness's side runs in the harness's own environment
+(harness_reference.py, ``.venv``). About 10 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def checkpoint(tmp_path_factory) -> str:
     return str(build_tiny_qwen2_5_vl(path, text_heads=2, text_kv_heads=1, mrope_section=(4, 6, 6)))
 
 
+@pytest.fixture(scope="session")
+def checkpoint_qwen3(tmp_path_factory) -> str:
+    from tango.models.tiny import build_tiny_qwen3_vl
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_qwen3_vl_vllm"
+    return str(build_tiny_qwen3_vl(path, text_heads=2, text_kv_heads=1, head_dim=32, mrope_section=(8, 4, 4)))
+
+
 def _run(python, script: str, spec: dict, tmp_path: Path, env: dict | None = None, check: bool = True):
     path = tmp_path / f"{script}.{time.monotonic_ns()}.json"
     path.write_text(json.dumps(spec))
@@ -48,23 +56,24 @@ def _run(python, script: str, spec: dict, tmp_path: Path, env: dict | None = Non
 
 
 def _engine(checkpoint, tmp_path, prompt: str, method: str | None = None, hparams: dict | None = None,
-            text_pos: str = "hf5", rate: float | None = RATE, record: Path | None = None, max_tokens: int = 4):
+            text_pos: str = "hf5", rate: float | None = RATE, record: Path | None = None, max_tokens: int = 4,
+            arch: str = ARCH):
     engine = {"model": checkpoint, "max_model_len": 2048, "enforce_eager": True, "dtype": "float32",
               "limit_mm_per_prompt": {"video": 1, "image": 0}}
     if rate:
         engine["video_pruning_rate"] = rate
     if method is not None:
-        engine["hf_overrides"] = {"architectures": [ARCH], "tango_method": method,
+        engine["hf_overrides"] = {"architectures": [arch], "tango_method": method,
                                   "tango_hparams": json.dumps(hparams or {}), "tango_text_pos": text_pos}
     env = {"TANGO_VLLM_RECORD": str(record)} if record else None
     return _run(sys.executable, "engine.py", {"engine": engine, "prompt": prompt, "max_tokens": max_tokens, **VIDEO},
                 tmp_path, env)[0]
 
 
-def _harness(checkpoint, tmp_path, method: str, hparams: dict, budget: float) -> dict:
+def _harness(checkpoint, tmp_path, method: str, hparams: dict, budget: float, family: str = "qwen2_5_vl") -> dict:
     if not HARNESS_PYTHON.exists():
         pytest.fail(f"the harness environment {HARNESS_PYTHON} is missing: run `make setup` first")
-    return _run(HARNESS_PYTHON, "harness_reference.py", {"checkpoint": checkpoint, "method": method,
+    return _run(HARNESS_PYTHON, "harness_reference.py", {"checkpoint": checkpoint, "family": family, "method": method,
                                                          "hparams": hparams, "budget": budget,
                                                          "question": QUESTION, **VIDEO}, tmp_path)
 
@@ -118,6 +127,54 @@ def test_same_kept_tokens_and_first_logprob_as_the_harness(checkpoint, tmp_path,
     assert ours["prompt_tokens"] == ref["prompt_tokens"]
     assert ours["tokens"][0] == ref["token"]
     assert ours["logprob"] == pytest.approx(ref["logprob"], abs=1e-4)
+
+
+@pytest.mark.parametrize("method, hparams", [("random", {}), ("tango", {"count_rule": "exact"})])
+def test_qwen3_vl_same_kept_tokens_and_first_logprob_as_the_harness(checkpoint_qwen3, tmp_path, method, hparams):
+    """Qwen3-VL (tango_vllm.qwen3_vl): the harness's prompt (transformers 4.57's layout: the bare video pad, which
+    vLLM expands to per-temporal-patch timestamp blocks as the harness's processor does) through vLLM's own pruned
+    Qwen3-VL layout (``_create_final_video_embeddings``, DeepStack channels gathered by the kept indices) gives the
+    harness's kept indices, prune's inputs (timestamps; Tango: ``attn`` from the last ViT block, recomputed inside
+    vLLM's encoder), exactly ``count()`` video tokens in the prompt, the harness's prompt length, first token and its
+    logprob (within 1e-4, fp32). Both methods keep each temporal patch's tokens in ascending order, so the harness's
+    layout (method order inside a patch) and vLLM's (the retention mask's, ascending) are the same sequence."""
+    from transformers import AutoTokenizer
+
+    from tango.methods import build_method
+
+    ref = _harness(checkpoint_qwen3, tmp_path, method, hparams, budget=1.0 - RATE, family="qwen3_vl")
+    record = tmp_path / "kept.jsonl"
+    ours = _engine(checkpoint_qwen3, tmp_path, ref["prompt"], method=method, hparams=hparams, record=record,
+                   arch="TangoQwen3VLForConditionalGeneration")
+    (kept,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert kept.keys() - {"method", "grid_thw"} == ref.keys() - {"prompt", "prompt_tokens", "token", "logprob"}
+    for signal in ("attn", "metric", "timestamps"):
+        if signal in ref:
+            torch.testing.assert_close(torch.tensor(kept[signal]), torch.tensor(ref[signal]), rtol=0, atol=1e-6)
+    assert kept["indices"] == ref["indices"]
+    # 16 frames of 112 x 112 -> 8 temporal patches of 4 x 4 merged tokens (the tiny processor's 128 x 128)
+    assert kept["grid_thw"] == [8, 8, 8]
+    video_pad = AutoTokenizer.from_pretrained(checkpoint_qwen3).convert_tokens_to_ids("<|video_pad|>")
+    count = build_method(method, **hparams).count(8, 16, 1.0 - RATE, (4, 4))
+    assert ours["prompt_token_ids"].count(video_pad) == count == len(kept["indices"])
+    assert ours["prompt_tokens"] == ref["prompt_tokens"]
+    assert ours["tokens"][0] == ref["token"]
+    assert ours["logprob"] == pytest.approx(ref["logprob"], abs=1e-4)
+
+
+def test_qwen3_vl_refuses_a_method_that_can_repeat_an_index():
+    """A retention mask holds each index once: FlashVID (whose ADTS can draw a token twice) is refused for Qwen3-VL
+    at start; a method that is not servable is refused as for Qwen2.5-VL."""
+    from types import SimpleNamespace
+
+    from tango_vllm.qwen3_vl import qwen3_method_from_config
+
+    config = SimpleNamespace(tango_method="flashvid", tango_hparams=json.dumps({"count_rule": "exact"}))
+    with pytest.raises(ValueError, match="'flashvid' can keep a token index twice"):
+        qwen3_method_from_config(config)
+    with pytest.raises(ValueError, match="not servable"):
+        qwen3_method_from_config(SimpleNamespace(tango_method="tango", tango_hparams=None))
+    assert qwen3_method_from_config(SimpleNamespace(tango_method="random", tango_hparams=None)).name == "random"
 
 
 def test_an_unservable_method_is_refused_naming_the_servable_ones(checkpoint, tmp_path):
