@@ -198,8 +198,10 @@ def reconcile(indices: Tensor, score: Tensor, target: int) -> tuple[Tensor, Tens
 class ExactCount:
     """Servable variant of a method whose authors' kept count depends on the video: with ``count_rule="exact"`` the
     method's own output is reconciled to :func:`exact_count` of its pre-LLM fraction by :func:`reconcile` (as vLLM's
-    VidCom² port reconciles its count), recorded as regime ``exact_count``. Mixed into a :class:`PruningMethod`
-    dataclass that declares ``count_rule: str = "authors"`` and implements ``pre_llm_fraction(budget)``."""
+    VidCom² port reconciles its count), recorded as regime ``exact_count``. ``tokens_out`` counts after that step;
+    the method's other stats (e.g. Tango's ``static_kept``) describe its own pipeline's output before it, and
+    ``reconciled`` is the difference. Mixed into a :class:`PruningMethod` dataclass that declares
+    ``count_rule: str = "authors"`` and implements ``pre_llm_fraction(budget)``."""
 
     nonstandard_regimes: ClassVar[dict[str, str]] = {
         EXACT_REGIME: ("count_rule=exact: the method's output reconciled to round(budget * N * L) tokens by its own "

@@ -1,6 +1,6 @@
 """The harness's methods inside vLLM (CPU build), on a tiny Qwen2.5-VL and a tiny Qwen3-VL (head_dim 32, which vLLM's
-CPU attention needs). Each engine runs in its own process (engine.py); the harness's side runs in the harness's own environment
-(harness_reference.py, ``.venv``). About 10 minutes on 2 cores."""
+CPU attention needs). Each engine runs in its own process (engine.py); the harness's side runs in the harness's own
+environment (harness_reference.py, ``.venv``). About 10 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -102,6 +102,22 @@ def test_identity_with_max1_positions_equals_vllms_unpruned_model(checkpoint, tm
     assert ours["tokens"] == stock["tokens"] and ours["logprob"] == stock["logprob"]
 
 
+def _assert_as_the_harness(ref: dict, ours: dict, record: Path) -> dict:
+    """The engine's one recorded video (``record``) got prune's inputs (``attn`` / ``metric`` / ``timestamps``
+    within 1e-6) and kept indices of the harness's run ``ref``, and the engine's output ``ours`` has its prompt
+    length, first token and first logprob (within 1e-4); returns the record."""
+    (kept,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert kept.keys() - {"method", "grid_thw"} == ref.keys() - {"prompt", "prompt_tokens", "token", "logprob"}
+    for signal in ("attn", "metric", "timestamps"):
+        if signal in ref:
+            torch.testing.assert_close(torch.tensor(kept[signal]), torch.tensor(ref[signal]), rtol=0, atol=1e-6)
+    assert kept["indices"] == ref["indices"]
+    assert ours["prompt_tokens"] == ref["prompt_tokens"]
+    assert ours["tokens"][0] == ref["token"]
+    assert ours["logprob"] == pytest.approx(ref["logprob"], abs=1e-4)
+    return kept
+
+
 @pytest.mark.parametrize("method, hparams", [("none", {}), ("dycoke", {"kv_pruning": False}),
                                              ("visionzip", {}), ("tango", {"count_rule": "exact"})])
 def test_same_kept_tokens_and_first_logprob_as_the_harness(checkpoint, tmp_path, method, hparams):
@@ -117,16 +133,7 @@ def test_same_kept_tokens_and_first_logprob_as_the_harness(checkpoint, tmp_path,
     assert ref["prompt"] == _prompt()
     record = tmp_path / "kept.jsonl"
     ours = _engine(checkpoint, tmp_path, ref["prompt"], method=method, hparams=hparams, record=record)
-    (kept,) = [json.loads(line) for line in record.read_text().splitlines()]
-    # the same inputs reached prune on both sides: indices, and attn / metric for a method that needs attention
-    assert kept.keys() - {"method", "grid_thw"} == ref.keys() - {"prompt", "prompt_tokens", "token", "logprob"}
-    for signal in ("attn", "metric", "timestamps"):
-        if signal in ref:
-            torch.testing.assert_close(torch.tensor(kept[signal]), torch.tensor(ref[signal]), rtol=0, atol=1e-6)
-    assert kept["indices"] == ref["indices"]
-    assert ours["prompt_tokens"] == ref["prompt_tokens"]
-    assert ours["tokens"][0] == ref["token"]
-    assert ours["logprob"] == pytest.approx(ref["logprob"], abs=1e-4)
+    _assert_as_the_harness(ref, ours, record)
 
 
 @pytest.mark.parametrize("method, hparams", [("random", {}), ("tango", {"count_rule": "exact"})])
@@ -146,20 +153,12 @@ def test_qwen3_vl_same_kept_tokens_and_first_logprob_as_the_harness(checkpoint_q
     record = tmp_path / "kept.jsonl"
     ours = _engine(checkpoint_qwen3, tmp_path, ref["prompt"], method=method, hparams=hparams, record=record,
                    arch="TangoQwen3VLForConditionalGeneration")
-    (kept,) = [json.loads(line) for line in record.read_text().splitlines()]
-    assert kept.keys() - {"method", "grid_thw"} == ref.keys() - {"prompt", "prompt_tokens", "token", "logprob"}
-    for signal in ("attn", "metric", "timestamps"):
-        if signal in ref:
-            torch.testing.assert_close(torch.tensor(kept[signal]), torch.tensor(ref[signal]), rtol=0, atol=1e-6)
-    assert kept["indices"] == ref["indices"]
+    kept = _assert_as_the_harness(ref, ours, record)
     # 16 frames of 112 x 112 -> 8 temporal patches of 4 x 4 merged tokens (the tiny processor's 128 x 128)
     assert kept["grid_thw"] == [8, 8, 8]
     video_pad = AutoTokenizer.from_pretrained(checkpoint_qwen3).convert_tokens_to_ids("<|video_pad|>")
     count = build_method(method, **hparams).count(8, 16, 1.0 - RATE, (4, 4))
     assert ours["prompt_token_ids"].count(video_pad) == count == len(kept["indices"])
-    assert ours["prompt_tokens"] == ref["prompt_tokens"]
-    assert ours["tokens"][0] == ref["token"]
-    assert ours["logprob"] == pytest.approx(ref["logprob"], abs=1e-4)
 
 
 def test_qwen3_vl_refuses_a_method_that_can_repeat_an_index():
